@@ -1,0 +1,1 @@
+"""apps package (see ARCHITECTURE.md)."""

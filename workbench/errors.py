@@ -1,0 +1,72 @@
+"""Errors the workbench raises for expected problems.
+
+Each message is one line that names what is wrong and what to do. The CLI prints it and exits with
+`exit_code` (2 for usage errors, 1 for data errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+
+
+class WorkbenchError(Exception):
+    """Base class of every expected workbench error."""
+
+    exit_code = 1
+
+
+class UsageError(WorkbenchError):
+    """The request itself is wrong (a bad option, an unknown name)."""
+
+    exit_code = 2
+
+
+class RunNotFound(WorkbenchError):
+    """The path or URL holds no workbench run."""
+
+
+class StepNotFound(WorkbenchError):
+    """A step that the run does not hold; the message names the nearest ones."""
+
+    def __init__(self, step: int, steps: Sequence[int], what: str = "checkpoint"):
+        self.step, self.nearest = step, nearest_steps(step, steps)
+        if not steps:
+            hint = f"the run has no {what} yet"
+        else:
+            hint = "nearest: " + ", ".join(map(str, self.nearest))
+        super().__init__(f"step {step} has no {what} in this run ({hint})")
+
+
+class StepExists(WorkbenchError):
+    """Writing a step that is already committed, without `overwrite=True`."""
+
+    def __init__(self, step: int):
+        super().__init__(f"step {step} is already in the run; pass overwrite=True (--overwrite) to replace it")
+
+
+class CorruptData(WorkbenchError):
+    """Stored bytes that fail their checksum or cannot be decoded."""
+
+    def __init__(self, array: str, step: int | None, detail: str):
+        self.array, self.step = array, step
+        where = f"{array} at step {step}" if step is not None else array
+        super().__init__(f"corrupt data in {where}: {detail}")
+
+
+class IncompatibleCheckpoint(WorkbenchError):
+    """Tensors that disagree with the run's layout or with the model config."""
+
+
+class UnsafeFormat(WorkbenchError):
+    """A checkpoint that can only be read by unpickling."""
+
+
+class ConcurrentWrite(WorkbenchError):
+    """Another process committed to the same run while this one was writing."""
+
+
+def nearest_steps(step: int, steps: Sequence[int], k: int = 2) -> list[int]:
+    """Up to `k` steps on each side of `step` in the sorted sequence `steps`."""
+    i = bisect_left(steps, step)
+    return list(steps[max(0, i - k) : i + k])

@@ -1,0 +1,172 @@
+"""Reading a run: its steps, metadata, checkpoints and lazy trajectories across steps."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from functools import cached_property
+
+import numpy as np
+import torch
+import zarr
+from zarr.core.sync import sync
+
+from workbench.errors import RunNotFound, StepNotFound, UsageError
+from workbench.store.layout import META, OPTIMIZER, PARAMS, STEP, bf16_to_float32, parse_name, template_to_array
+from workbench.store.storage import open_repository
+from workbench.store.tensors import TensorGroup
+
+
+class Run:
+    """A training trajectory: every checkpoint of one run, read from its Icechunk repository.
+
+    The view is a snapshot of the run's `main` branch; `refresh()` moves it to the newest commit, so a
+    reader opened while a trainer writes sees new checkpoints only whole.
+    """
+
+    def __init__(self, location: str | os.PathLike):
+        self.location = os.fspath(location)
+        self.repo = open_repository(location)
+        self.refresh()
+
+    def refresh(self) -> "Run":
+        """Move to the newest committed state of the run."""
+        self.session = self.repo.readonly_session(branch="main")
+        self.store = self.session.store
+        self.root = zarr.open_group(self.store, mode="r")
+        self.attrs = self.root.attrs.asdict()
+        if "workbench" not in self.attrs:
+            raise RunNotFound(f"{self.location} is an Icechunk repository but not a workbench run "
+                              "(no 'workbench' attribute at its root)")
+        self._params = sync(TensorGroup.open(self.store, PARAMS))
+        self.__dict__.pop("tokenizer", None)
+        return self
+
+    def __repr__(self) -> str:
+        steps = self.steps
+        span = f"{steps[0]}..{steps[-1]}" if steps else "none"
+        return f"Run({self.location!r}, {len(steps)} checkpoints, steps {span})"
+
+    @property
+    def steps(self) -> list[int]:
+        """Committed checkpoint steps, sorted."""
+        return sorted(self._params.steps) if self._params else []
+
+    @property
+    def model_config(self) -> dict:
+        return dict(self.attrs.get("model_config") or {})
+
+    @property
+    def train_config(self) -> dict | None:
+        return self.attrs.get("train_config")
+
+    @property
+    def code_version(self) -> str | None:
+        return self.attrs["workbench"].get("code_version")
+
+    @cached_property
+    def tokenizer(self):
+        """The run's `tokenizers.Tokenizer`, or None when the run has none."""
+        try:
+            arr = self.root[f"{META}/tokenizer.json"]
+        except KeyError:
+            return None
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(bytes(arr[:]).decode("utf-8"))
+
+    @property
+    def parameter_arrays(self) -> dict[str, zarr.Array]:
+        """Stacked parameter arrays by template name (`model.layers.{layer}.mlp.up_proj.weight`)."""
+        if self._params is None:
+            return {}
+        group = self.root[PARAMS]
+        return {a.attrs["name"]: a for name, a in group.arrays() if name != STEP}
+
+    def parameter_names(self) -> list[str]:
+        """Every HF parameter name of one checkpoint."""
+        names = []
+        for template, arr in self.parameter_arrays.items():
+            if "{layer}" in template:
+                names += [template.format(layer=i) for i in range(arr.shape[1])]
+            else:
+                names.append(template)
+        return names
+
+    def checkpoint(self, step: int) -> "Checkpoint":
+        """The checkpoint at `step`; `StepNotFound` names the nearest steps."""
+        if self._params is None:
+            raise StepNotFound(step, [])
+        self._params.index(step)
+        return Checkpoint(self, step)
+
+    def trajectory(self, name: str):
+        """One parameter across all steps as a lazy `xarray.DataArray`.
+
+        `name` is an HF name: with `{layer}` for every layer (dims `step, layer, ...`), with a layer index
+        for one layer, or an unstacked name (dims `step, ...`). bfloat16 is widened exactly to float32.
+        """
+        import dask.array as da
+        import xarray as xr
+
+        key = parse_name(name) if "{layer}" not in name else None
+        template = key.template if key else name
+        arrays = self.parameter_arrays
+        if template not in arrays:
+            close = difflib.get_close_matches(template, list(arrays), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see Run.parameter_names()"
+            raise UsageError(f"no parameter {name!r} in this run{hint}")
+        arr = arrays[template]
+        data = da.from_array(arr, chunks=arr.chunks, asarray=True, lock=False, fancy=False)
+        dtype = arr.attrs["dtype"]
+        if dtype == "bfloat16":
+            data = data.map_blocks(bf16_to_float32, dtype=np.float32)
+        steps = np.asarray(self._params.steps, dtype=np.int64)
+        dims = list(arr.metadata.dimension_names)
+        coords = {STEP: steps}
+        if "layer" in dims:
+            coords["layer"] = np.arange(arr.shape[1])
+        out = xr.DataArray(data, dims=dims, coords=coords, name=template,
+                           attrs={"stored_dtype": dtype, "parameter": template})
+        out = out.isel(step=np.argsort(steps, kind="stable"))
+        if key and key.layered:
+            if key.layer >= arr.shape[1]:
+                raise UsageError(f"{name!r}: layer {key.layer} out of range, the run has {arr.shape[1]} layers")
+            out = out.sel(layer=key.layer, drop=True).rename(name)
+        return out
+
+
+class Checkpoint:
+    """One committed step of a run."""
+
+    def __init__(self, run: Run, step: int):
+        self.run, self.step = run, step
+
+    def __repr__(self) -> str:
+        return f"Checkpoint(step={self.step}, run={self.run.location!r})"
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Parameters under HF names, in their stored dtype, bit-exact."""
+        return sync(self.run._params.read(self.step))
+
+    def optimizer_state(self) -> dict[str, dict[str, torch.Tensor]] | None:
+        """AdamW state per parameter name (`exp_avg`, `exp_avg_sq`, `step`), or None when not stored."""
+        return sync(_read_optimizer(self.run.store, self.step))
+
+
+async def _read_optimizer(store, step: int) -> dict[str, dict[str, torch.Tensor]] | None:
+    from zarr.api.asynchronous import open_group
+
+    try:
+        root = await open_group(store=store, path=OPTIMIZER, mode="r")
+    except FileNotFoundError:
+        return None
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    async for slot in root.group_keys():
+        group = await TensorGroup.open(store, f"{OPTIMIZER}/{slot}")
+        if group is None or step not in group.steps:
+            continue
+        for name, t in (await group.read(step)).items():
+            state.setdefault(name, {})[slot] = t
+    return state or None
+

@@ -1,0 +1,68 @@
+"""Locating a run: a local folder or an `s3://bucket/prefix` URL, as an Icechunk repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import icechunk
+
+from workbench.errors import RunNotFound, UsageError
+
+# Icechunk warns on every open of a local repository that concurrent commits are unsafe; the run store
+# already allows one committer per run (see ARCHITECTURE.md), so only errors are worth showing.
+icechunk.set_logs_filter(os.environ.get("ICECHUNK_LOG", "icechunk=error"))
+
+
+def storage_for(location: str | os.PathLike) -> icechunk.Storage:
+    """Icechunk storage for a local path or an `s3://bucket/prefix` URL (credentials from the environment)."""
+    text = os.fspath(location)
+    url = urlparse(text)
+    if url.scheme == "s3":
+        if not url.netloc:
+            raise UsageError(f"{text!r} names no bucket; write s3://BUCKET/PREFIX")
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        return icechunk.s3_storage(
+            bucket=url.netloc,
+            prefix=url.path.strip("/") or None,
+            endpoint_url=endpoint,
+            allow_http=bool(endpoint and endpoint.startswith("http://")),
+            from_env=True,
+        )
+    if url.scheme not in ("", "file"):
+        raise UsageError(f"unsupported run location {text!r}: use a local folder or s3://bucket/prefix")
+    return icechunk.local_filesystem_storage(str(Path(url.path if url.scheme else text).expanduser().absolute()))
+
+
+def is_local(location: str | os.PathLike) -> bool:
+    return urlparse(os.fspath(location)).scheme in ("", "file")
+
+
+def open_repository(location: str | os.PathLike) -> icechunk.Repository:
+    """The existing repository at `location`, or `RunNotFound`."""
+    storage = storage_for(location)
+    if not icechunk.Repository.exists(storage):
+        raise RunNotFound(f"{os.fspath(location)} is not a run (no Icechunk repository there); "
+                          "create one with `wb train` or `wb import hf`")
+    return icechunk.Repository.open(storage)
+
+
+def create_repository(location: str | os.PathLike) -> icechunk.Repository:
+    """A new, empty repository at `location`; refuses to reuse a non-empty local folder."""
+    storage = storage_for(location)
+    if icechunk.Repository.exists(storage):
+        raise UsageError(f"{os.fspath(location)} already holds a run; open it with workbench.open() instead")
+    if is_local(location):
+        path = Path(os.fspath(location)).expanduser()
+        if path.exists() and any(path.iterdir()):
+            raise UsageError(f"{path} exists and is not empty; choose a new folder for the run")
+    return icechunk.Repository.create(storage)
+
+
+def bytes_on_disk(location: str | os.PathLike) -> int | None:
+    """Total size of a local run's files (None for object storage)."""
+    if not is_local(location):
+        return None
+    root = Path(os.fspath(location)).expanduser()
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

@@ -1,0 +1,173 @@
+"""A group of named tensors stored per step: `[step, layer, ...]` arrays plus a `step` coordinate.
+
+The run's parameters are one such group; each optimizer slot (`exp_avg`, `exp_avg_sq`, `step`) is another.
+Arrays grow by one along `step` per checkpoint; a step's index is its position in the `step` coordinate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from zarr.api.asynchronous import open_group
+from zarr.core.group import AsyncGroup
+
+from workbench.errors import CorruptData, IncompatibleCheckpoint, StepExists, StepNotFound
+from workbench.store.layout import STEP, Key, codecs_for, dims_for, encode_dtype, parse_name, to_numpy, to_torch
+
+# Errors zarr raises for chunk bytes that fail their checksum or cannot be decoded.
+DECODE_ERRORS = (ValueError, RuntimeError, OSError)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The stored form of one stacked array: what a checkpoint's tensors must match."""
+
+    template: str
+    layers: int | None  # None for an unstacked tensor
+    shape: tuple[int, ...]  # one tensor's shape
+    dtype: str  # logical dtype name
+
+    def describe(self) -> str:
+        layers = f"{self.layers} layers of " if self.layers is not None else ""
+        return f"{layers}{list(self.shape)} {self.dtype}"
+
+
+def specs_of(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Spec], dict[str, list[tuple[int | None, torch.Tensor]]]]:
+    """Group a flat HF state dict by array; check that every stacked array has layers 0..L-1 of one shape."""
+    parts: dict[str, list[tuple[Key, torch.Tensor]]] = defaultdict(list)
+    for name, t in tensors.items():
+        key = parse_name(name)
+        parts[key.array].append((key, t))
+    specs, items = {}, {}
+    for array, entries in parts.items():
+        templates = {k.template for k, _ in entries}
+        if len(templates) > 1:
+            raise IncompatibleCheckpoint(f"names {sorted(templates)} collide in array {array!r}; rename one")
+        (template,) = templates
+        entries.sort(key=lambda e: -1 if e[0].layer is None else e[0].layer)
+        layers = [k.layer for k, _ in entries]
+        first = entries[0][1]
+        if layers[0] is not None and layers != list(range(len(layers))):
+            raise IncompatibleCheckpoint(f"{template} has layers {layers}, expected 0..{len(layers) - 1} without gaps")
+        for k, t in entries:
+            if t.shape != first.shape or t.dtype != first.dtype:
+                raise IncompatibleCheckpoint(
+                    f"{k.template.format(layer=k.layer)} is {tuple(t.shape)} {t.dtype}, "
+                    f"layer 0 is {tuple(first.shape)} {first.dtype}")
+        encode_dtype(first.dtype)
+        specs[array] = Spec(template, None if layers[0] is None else len(layers), tuple(first.shape),
+                            encode_dtype(first.dtype)[1])
+        items[array] = [(k.layer, t) for k, t in entries]
+    return specs, items
+
+
+def _spec_of_array(arr) -> Spec:
+    layered = "layer" in arr.metadata.dimension_names
+    shape = arr.shape[2:] if layered else arr.shape[1:]
+    return Spec(arr.attrs["name"], arr.shape[1] if layered else None, tuple(shape), arr.attrs["dtype"])
+
+
+class TensorGroup:
+    """Read and write one step's tensors in a Zarr group of stacked arrays."""
+
+    def __init__(self, group: AsyncGroup, steps: list[int]):
+        self.group, self.steps = group, steps
+
+    @classmethod
+    async def open(cls, store, path: str, create: bool = False) -> "TensorGroup | None":
+        try:
+            group = await open_group(store=store, path=path, mode="a" if create else "r")
+        except FileNotFoundError:
+            return None
+        if STEP not in [k async for k in group.array_keys()]:
+            if not create:
+                return None
+            await group.create_array(STEP, shape=(0,), chunks=(1024,), dtype="int64", dimension_names=[STEP],
+                                     attributes={"units": "optimizer steps", "description": "training step of each index"})
+            return cls(group, [])
+        coord = await group.getitem(STEP)
+        return cls(group, [int(s) for s in await coord.getitem(slice(None))])
+
+    def index(self, step: int, what: str = "checkpoint") -> int:
+        try:
+            return self.steps.index(step)
+        except ValueError:
+            raise StepNotFound(step, sorted(self.steps), what) from None
+
+    async def arrays(self) -> dict[str, object]:
+        return {name: arr async for name, arr in self.group.arrays() if name != STEP}
+
+    async def write(self, step: int, tensors: dict[str, torch.Tensor], overwrite: bool = False) -> None:
+        """Stage `tensors` as `step` (the caller commits)."""
+        specs, items = specs_of(tensors)
+        existing = await self.arrays()
+        if existing:
+            have = {name: _spec_of_array(arr) for name, arr in existing.items()}
+            _check_compatible(have, specs)
+        if step in self.steps:
+            if not overwrite:
+                raise StepExists(step)
+            idx = self.steps.index(step)
+        else:
+            idx = len(self.steps)
+        n = max(idx + 1, len(self.steps))
+        arrays = {}
+        for name, spec in specs.items():
+            arr = existing.get(name)
+            stacked = (spec.layers,) if spec.layers is not None else ()
+            if arr is None:
+                stored, _ = encode_dtype(items[name][0][1].dtype)
+                arr = await self.group.create_array(
+                    name, shape=(n, *stacked, *spec.shape), chunks=(1, *(1 for _ in stacked), *spec.shape),
+                    dtype=stored, fill_value=0, dimension_names=dims_for(len(spec.shape), spec.layers is not None),
+                    attributes={"name": spec.template, "dtype": spec.dtype}, **codecs_for(stored))
+            elif arr.shape[0] != n:
+                await arr.resize((n, *arr.shape[1:]))
+            arrays[name] = arr
+        writes = [
+            arrays[name].setitem((idx, layer) if layer is not None else idx, to_numpy(t))
+            for name, entries in items.items() for layer, t in entries
+        ]
+        await asyncio.gather(*writes)
+        coord = await self.group.getitem(STEP)
+        if coord.shape[0] != n:
+            await coord.resize((n,))
+        await coord.setitem(idx, step)
+        if idx == len(self.steps):
+            self.steps.append(step)
+
+    async def read(self, step: int) -> dict[str, torch.Tensor]:
+        """All tensors of `step`, under their HF names, in the stored dtype."""
+        idx = self.index(step)
+        arrays = await self.arrays()
+
+        async def one(name, arr):
+            try:
+                data = await arr.getitem(idx)
+            except DECODE_ERRORS as e:
+                raise CorruptData(f"{self.group.path}/{name}", step, str(e).splitlines()[0]) from e
+            return arr.attrs, data
+
+        out = {}
+        for attrs, data in await asyncio.gather(*(one(n, a) for n, a in arrays.items())):
+            t = to_torch(data, attrs["dtype"])
+            if "{layer}" in attrs["name"]:
+                out.update((attrs["name"].format(layer=i), x) for i, x in enumerate(t.unbind(0)))
+            else:
+                out[attrs["name"]] = t
+        return out
+
+
+def _check_compatible(have: dict[str, Spec], new: dict[str, Spec]) -> None:
+    missing, extra = sorted(have.keys() - new.keys()), sorted(new.keys() - have.keys())
+    if missing or extra:
+        parts = ([f"missing {[have[a].template for a in missing]}"] if missing else []) + (
+            [f"unexpected {[new[a].template for a in extra]}"] if extra else [])
+        raise IncompatibleCheckpoint("checkpoint does not match the run's parameters: " + "; ".join(parts))
+    for name, spec in new.items():
+        old = have[name]
+        if spec != old:
+            raise IncompatibleCheckpoint(f"{spec.template}: run stores {old.describe()}, checkpoint has {spec.describe()}")

@@ -1,0 +1,133 @@
+"""Writing a run: one Icechunk commit per checkpoint, tagged by step."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+
+import icechunk
+import numpy as np
+import torch
+import zarr
+from zarr.core.sync import sync
+
+from workbench.errors import ConcurrentWrite, UsageError
+from workbench.store.layout import FORMAT_VERSION, META, OPTIMIZER, PARAMS
+from workbench.store.storage import create_repository, open_repository
+from workbench.store.tensors import TensorGroup
+
+OptimizerState = dict[str, dict[str, torch.Tensor]]  # HF parameter name -> slot (exp_avg, ...) -> tensor
+
+
+def code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"trajectory-workbench {version('trajectory-workbench')}"
+    except PackageNotFoundError:
+        return "trajectory-workbench (not installed)"
+
+
+def create(location: str | os.PathLike, model_config: dict, tokenizer=None, train_config: dict | None = None) -> "RunWriter":
+    """A new run at `location` (local folder or s3://bucket/prefix) with its metadata committed.
+
+    `tokenizer` is a `tokenizers.Tokenizer`, its JSON text, or a path to a tokenizer.json.
+    """
+    if not isinstance(model_config, dict):
+        raise UsageError("model_config must be a dict of HF LlamaConfig fields (or the model's own HF config)")
+    blob = _tokenizer_bytes(tokenizer)
+    repo = create_repository(location)
+    session = repo.writable_session("main")
+    root = zarr.open_group(session.store, mode="a")
+    root.attrs.update({
+        "workbench": {"format_version": FORMAT_VERSION, "code_version": code_version(),
+                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "model_config": json.loads(json.dumps(model_config)),
+        "train_config": json.loads(json.dumps(train_config)) if train_config is not None else None,
+    })
+    if blob:
+        tok = root.create_array(f"{META}/tokenizer.json", shape=(len(blob),), chunks=(len(blob),), dtype="uint8",
+                                dimension_names=["byte"], attributes={"format": "HF tokenizers JSON, UTF-8"})
+        tok[:] = np.frombuffer(blob, dtype=np.uint8)
+    session.commit("create run", metadata={"model_type": model_config.get("model_type")})
+    return RunWriter(location, _repo=repo)
+
+
+class RunWriter:
+    """Appends checkpoints to a run. One writer per run at a time."""
+
+    def __init__(self, location: str | os.PathLike, _repo: icechunk.Repository | None = None):
+        self.location = os.fspath(location)
+        self.repo = _repo or open_repository(location)
+        self._checked_config = False
+
+    def write_checkpoint(self, step: int, state_dict: dict[str, torch.Tensor],
+                         optimizer_state: OptimizerState | None = None, overwrite: bool = False) -> str:
+        """Commit one checkpoint atomically; returns the Icechunk snapshot id.
+
+        Readers see the step whole or not at all. Writing an existing step raises `StepExists` unless
+        `overwrite=True`.
+        """
+        if not isinstance(step, (int, np.integer)) or step < 0:
+            raise UsageError(f"step must be a non-negative integer, got {step!r}")
+        step = int(step)
+        session = self.repo.writable_session("main")
+        if not self._checked_config:
+            from workbench.store.hfconfig import check_against_config
+
+            root = zarr.open_group(session.store, mode="r")
+            check_against_config(state_dict, root.attrs.get("model_config") or {})
+            self._checked_config = True
+        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite))
+        try:
+            snapshot = session.commit(f"checkpoint step {step}", metadata={"step": step})
+        except icechunk.ConflictError as e:
+            raise ConcurrentWrite(f"another process committed to {self.location} while step {step} was being "
+                                  "written; only one writer per run at a time") from e
+        self._tag(step, snapshot)
+        return snapshot
+
+    def _tag(self, step: int, snapshot: str) -> None:
+        """Tag `step-N` (tags are immutable, so a rewritten step gets `step-N.v2`, `.v3`, ...)."""
+        tags = self.repo.list_tags()
+        name, version = f"step-{step}", 1
+        while name in tags:
+            version += 1
+            name = f"step-{step}.v{version}"
+        self.repo.create_tag(name, snapshot)
+
+
+async def _stage(store, step: int, state_dict, optimizer_state: OptimizerState | None, overwrite: bool) -> None:
+    params = await TensorGroup.open(store, PARAMS, create=True)
+    await params.write(step, state_dict, overwrite=overwrite)
+    for slot, tensors in _slots(optimizer_state or {}).items():
+        group = await TensorGroup.open(store, f"{OPTIMIZER}/{slot}", create=True)
+        await group.write(step, tensors, overwrite=overwrite)
+
+
+def _slots(state: OptimizerState) -> dict[str, dict[str, torch.Tensor]]:
+    """{param: {slot: t}} -> {slot: {param: t}}; scalar Python numbers become 0-d tensors."""
+    slots: dict[str, dict[str, torch.Tensor]] = {}
+    for name, per_param in state.items():
+        for slot, value in per_param.items():
+            if not slot.isidentifier():
+                raise UsageError(f"optimizer slot name {slot!r} of {name} must be an identifier")
+            slots.setdefault(slot, {})[name] = torch.as_tensor(value)
+    return slots
+
+
+def _tokenizer_bytes(tokenizer) -> bytes:
+    if tokenizer is None:
+        return b""
+    if hasattr(tokenizer, "to_str"):
+        return tokenizer.to_str().encode("utf-8")
+    text = os.fspath(tokenizer)
+    if os.path.isfile(text):
+        with open(text, "rb") as f:
+            text = f.read().decode("utf-8")
+    try:
+        json.loads(text)
+    except ValueError:
+        raise UsageError("tokenizer must be a tokenizers.Tokenizer, its JSON text, or a tokenizer.json path") from None
+    return text.encode("utf-8")
