@@ -1,0 +1,132 @@
+"""`wb`: the workbench's batch command line. Thin: parse, call the library, print."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="Trajectory Workbench: every checkpoint of a training run, in one store.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+import_app = typer.Typer(help="Bring checkpoints from other formats into a run.", no_args_is_help=True)
+export_app = typer.Typer(help="Write a checkpoint of a run in another format.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+app.add_typer(export_app, name="export")
+
+RunArg = Annotated[str, typer.Argument(help="run folder or s3://bucket/prefix")]
+
+
+def expected_errors(fn):
+    """Print an expected error as one line on stderr and exit 1 (data) or 2 (usage); no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from workbench.errors import WorkbenchError
+
+        try:
+            return fn(*args, **kwargs)
+        except WorkbenchError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+
+
+def _steps_text(steps: list[int]) -> str:
+    if len(steps) <= 12:
+        return ", ".join(map(str, steps))
+    return ", ".join(map(str, steps[:6])) + ", …, " + ", ".join(map(str, steps[-4:]))
+
+
+@app.command()
+@expected_errors
+def info(run: RunArg, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False):
+    """Steps, parameter count, bytes on disk and configs of a run."""
+    import math
+
+    import workbench
+    from workbench.store.storage import bytes_on_disk
+
+    r = workbench.open(run)
+    n_params = sum(math.prod(a.shape[1:]) for a in r.parameter_arrays.values())
+    summary = {
+        "run": r.location, "steps": r.steps, "parameters": n_params, "bytes_on_disk": bytes_on_disk(run),
+        "code_version": r.code_version, "tokenizer_vocab": r.tokenizer.get_vocab_size() if r.tokenizer else None,
+        "model_config": r.model_config, "train_config": r.train_config,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"run          {r.location}")
+    typer.echo(f"checkpoints  {len(r.steps)}: {_steps_text(r.steps) or 'none'}")
+    typer.echo(f"parameters   {n_params:,} in {len(r.parameter_arrays)} arrays")
+    if summary["bytes_on_disk"] is not None:
+        typer.echo(f"on disk      {_size(summary['bytes_on_disk'])}")
+    typer.echo(f"tokenizer    {'vocab ' + str(summary['tokenizer_vocab']) if r.tokenizer else 'none'}")
+    typer.echo(f"written by   {r.code_version}")
+    typer.echo("model config " + json.dumps(r.model_config, sort_keys=True))
+    if r.train_config:
+        typer.echo("train config " + json.dumps(r.train_config, sort_keys=True))
+
+
+@app.command()
+@expected_errors
+def verify(run: RunArg):
+    """Read every chunk: checksums, NaN/Inf, and checkpoints that jump against both neighbours. Exit 1 on any problem."""
+    import workbench
+    from workbench.store.verify import verify as verify_run
+
+    problems = verify_run(workbench.open(run), progress=sys.stderr.isatty())
+    for p in problems:
+        typer.echo(str(p))
+    if problems:
+        typer.echo(f"{len(problems)} problem(s) found", err=True)
+        raise typer.Exit(1)
+    typer.echo("ok: every chunk reads back with a valid checksum, all values finite, no jumps")
+
+
+@import_app.command("hf")
+@expected_errors
+def import_hf(
+    src: Annotated[list[Path], typer.Argument(help="checkpoint folders, or folders of step folders")],
+    out: Annotated[str, typer.Option("--out", help="run to create or append to")],
+    step: Annotated[Optional[int], typer.Option(help="step of a single checkpoint folder")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="load pytorch_model.bin (weights_only)")] = False,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="folder or tokenizer.json to store with the run")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace steps already in the run")] = False,
+):
+    """Import HuggingFace checkpoint folders (Pythia step1000, HF checkpoint-1000, Megatron iter_0001000)."""
+    from workbench.store.hf import import_hf as run_import
+
+    steps = run_import(src, out, step=step, allow_pickle=allow_pickle, tokenizer=tokenizer, overwrite=overwrite,
+                       progress=sys.stderr.isatty())
+    typer.echo(f"imported {len(steps)} checkpoint(s) into {out}: {_steps_text(steps)}")
+
+
+@export_app.command("hf")
+@expected_errors
+def export_hf(
+    run: RunArg,
+    step: Annotated[int, typer.Option(help="checkpoint step to export")],
+    out: Annotated[Path, typer.Option("--out", help="new folder for config.json + model.safetensors")],
+):
+    """Export one checkpoint as an HF folder that transformers' from_pretrained loads."""
+    import workbench
+    from workbench.store.hf import export_hf as run_export
+
+    typer.echo(f"wrote {run_export(workbench.open(run), step, out)}")
+
+
+if __name__ == "__main__":
+    app()
