@@ -78,18 +78,21 @@ def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
     raise UsageError(f"{folder} has no model.safetensors, sharded index or pytorch_model.bin")
 
 
-def check_files(files: list[Path], step: int) -> None:
-    """Read every safetensors header up front, so a truncated file fails the import before anything is written."""
+def tensor_shapes(files: list[Path], step: int) -> dict[str, tuple[int, ...]]:
+    """Shapes from the safetensors headers, read up front so that a truncated file fails the import before
+    anything is written (pickle files report nothing here)."""
     from safetensors import SafetensorError, safe_open
 
+    shapes = {}
     for f in files:
         if f.suffix != ".safetensors":
             continue
         try:
-            with safe_open(f, framework="pt"):
-                pass
+            with safe_open(f, framework="pt") as h:
+                shapes.update((k, tuple(h.get_slice(k).get_shape())) for k in h.keys())
         except (SafetensorError, OSError) as e:
             raise CorruptData(str(f), step, f"truncated or unreadable safetensors file ({e})") from None
+    return shapes
 
 
 def load_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -120,6 +123,7 @@ def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: in
     from tqdm.auto import tqdm
 
     from workbench.errors import RunNotFound
+    from workbench.store.hfconfig import check_against_config
     from workbench.store.run import Run
     from workbench.store.writer import RunWriter, create
 
@@ -130,7 +134,7 @@ def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: in
         if diff := config_difference(config, c.config):
             raise IncompatibleCheckpoint(f"{c.folder}/config.json differs from {checkpoints[0].folder} in {diff}")
         files = weight_files(c.folder, allow_pickle)
-        check_files(files, c.step)
+        check_against_config(tensor_shapes(files, c.step), config)
         plan.append((c, files))
     try:
         run = Run(out)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+
 import torch
 
 from workbench.errors import IncompatibleCheckpoint
@@ -10,6 +13,12 @@ from workbench.errors import IncompatibleCheckpoint
 def expected_shapes(model_config: dict) -> dict[str, tuple[int, ...]] | None:
     """Parameter shapes of the HF model the config describes (built on the meta device), or None if
     transformers does not know its `model_type`."""
+    return _expected_shapes(json.dumps(model_config, sort_keys=True))
+
+
+@lru_cache(maxsize=8)
+def _expected_shapes(config_json: str) -> dict[str, tuple[int, ...]] | None:
+    model_config = json.loads(config_json)
     model_type = model_config.get("model_type")
     if not model_type:
         return None
@@ -25,16 +34,17 @@ def expected_shapes(model_config: dict) -> dict[str, tuple[int, ...]] | None:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def check_against_config(state_dict: dict[str, torch.Tensor], model_config: dict) -> None:
-    """Raise `IncompatibleCheckpoint` when a tensor is unknown to the config's model or has another shape."""
-    shapes = expected_shapes(model_config)
-    if shapes is None:
+def check_against_config(shapes: dict[str, tuple[int, ...]], model_config: dict) -> None:
+    """Raise `IncompatibleCheckpoint` when a tensor (name -> shape) is unknown to the config's model or has
+    another shape there."""
+    expected = expected_shapes(model_config)
+    if expected is None:
         return
-    unknown = sorted(n for n in state_dict if n not in shapes)
+    unknown = sorted(n for n in shapes if n not in expected)
     if unknown:
         raise IncompatibleCheckpoint(f"the model config ({model_config['model_type']}) has no parameter "
                                      f"{unknown[0]}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-    for name, t in state_dict.items():
-        if tuple(t.shape) != shapes[name]:
-            raise IncompatibleCheckpoint(f"{name} is {list(t.shape)} but the model config implies "
-                                         f"{list(shapes[name])}; the config does not match the tensors")
+    for name, shape in shapes.items():
+        if tuple(shape) != expected[name]:
+            raise IncompatibleCheckpoint(f"{name} is {list(shape)} but the model config implies "
+                                         f"{list(expected[name])}; the config does not match the tensors")

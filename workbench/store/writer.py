@@ -77,7 +77,7 @@ class RunWriter:
             from workbench.store.hfconfig import check_against_config
 
             root = zarr.open_group(session.store, mode="r")
-            check_against_config(state_dict, root.attrs.get("model_config") or {})
+            check_against_config({k: tuple(v.shape) for k, v in state_dict.items()}, root.attrs.get("model_config") or {})
             self._checked_config = True
         sync(_stage(session.store, step, state_dict, optimizer_state, overwrite))
         try:
