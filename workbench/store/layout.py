@@ -12,6 +12,9 @@ FORMAT_VERSION = 1
 PARAMS = "params"
 OPTIMIZER = "optimizer"
 META = "meta"
+METRICS = "metrics"
+ORDER = "data/order"
+DOCUMENTS = "data/documents"
 STEP = "step"
 
 # The first `.{int}.` of a name is its layer: `model.layers.3.mlp.up_proj.weight` -> `model.layers.{layer}.mlp...`.

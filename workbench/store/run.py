@@ -12,8 +12,9 @@ import zarr
 from zarr.core.sync import sync
 
 from workbench.errors import RunNotFound, StepNotFound, UsageError
-from workbench.store.layout import META, OPTIMIZER, PARAMS, STEP, bf16_to_float32, parse_name, template_to_array
+from workbench.store.layout import META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, bf16_to_float32, parse_name, template_to_array
 from workbench.store.storage import open_repository
+from workbench.store.tables import read as read_table
 from workbench.store.tensors import TensorGroup
 
 
@@ -39,7 +40,8 @@ class Run:
             raise RunNotFound(f"{self.location} is an Icechunk repository but not a workbench run "
                               "(no 'workbench' attribute at its root)")
         self._params = sync(TensorGroup.open(self.store, PARAMS))
-        self.__dict__.pop("tokenizer", None)
+        for cached in ("tokenizer", "_order"):
+            self.__dict__.pop(cached, None)
         return self
 
     def __repr__(self) -> str:
@@ -92,6 +94,41 @@ class Run:
             else:
                 names.append(template)
         return names
+
+    def table(self, path: str):
+        """A table of the run (`metrics`, `data/order`, `data/documents`, ...) as a pandas DataFrame, or None."""
+        import pandas as pd
+
+        columns = sync(read_table(self.store, path))
+        return None if columns is None else pd.DataFrame(columns)
+
+    def metrics(self):
+        """Training metrics, one row per step (loss, lr, grad_norm, tokens, tokens_per_s, ...), indexed by step."""
+        df = self.table(METRICS)
+        if df is None:
+            raise UsageError(f"{self.location} has no training metrics (an imported run?)")
+        return df.set_index("step").sort_index()
+
+    @cached_property
+    def _order(self):
+        df = self.table(ORDER)
+        if df is None:
+            raise UsageError(f"{self.location} records no data order (an imported run?)")
+        return df
+
+    def batch(self, step: int) -> list[dict]:
+        """The (document_id, offset, length, position) spans that formed each sequence of the batch at `step`."""
+        df = self._order[self._order["step"] == step]
+        if df.empty:
+            raise StepNotFound(step, sorted(self._order["step"].unique().tolist()), "recorded batch")
+        df = df.sort_values("position", kind="stable")  # rows keep their order within a sequence
+        return [{k: int(row[k]) for k in ("document_id", "offset", "length", "position")}
+                for row in df.to_dict("records")]
+
+    def steps_seen(self, document_id: int) -> list[int]:
+        """The training steps whose batches contained (part of) `document_id`, sorted."""
+        steps = self._order.loc[self._order["document_id"] == document_id, "step"]
+        return sorted(int(s) for s in steps.unique())
 
     def checkpoint(self, step: int) -> "Checkpoint":
         """The checkpoint at `step`; `StepNotFound` names the nearest steps."""

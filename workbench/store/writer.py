@@ -15,9 +15,11 @@ from zarr.core.sync import sync
 from workbench.errors import ConcurrentWrite, UsageError
 from workbench.store.layout import FORMAT_VERSION, META, OPTIMIZER, PARAMS
 from workbench.store.storage import create_repository, open_repository
+from workbench.store.tables import append as append_rows
 from workbench.store.tensors import TensorGroup
 
 OptimizerState = dict[str, dict[str, torch.Tensor]]  # HF parameter name -> slot (exp_avg, ...) -> tensor
+Tables = dict[str, dict[str, object]]  # table path -> column -> 1-D values
 
 
 def code_version() -> str:
@@ -63,11 +65,13 @@ class RunWriter:
         self._checked_config = False
 
     def write_checkpoint(self, step: int, state_dict: dict[str, torch.Tensor],
-                         optimizer_state: OptimizerState | None = None, overwrite: bool = False) -> str:
+                         optimizer_state: OptimizerState | None = None, overwrite: bool = False,
+                         tables: Tables | None = None) -> str:
         """Commit one checkpoint atomically; returns the Icechunk snapshot id.
 
         Readers see the step whole or not at all. Writing an existing step raises `StepExists` unless
-        `overwrite=True`.
+        `overwrite=True`. `tables` (path -> column -> values) are rows appended in the same commit, such
+        as the data order and metrics of the steps trained since the previous checkpoint.
         """
         if not isinstance(step, (int, np.integer)) or step < 0:
             raise UsageError(f"step must be a non-negative integer, got {step!r}")
@@ -79,14 +83,28 @@ class RunWriter:
             root = zarr.open_group(session.store, mode="r")
             check_against_config({k: tuple(v.shape) for k, v in state_dict.items()}, root.attrs.get("model_config") or {})
             self._checked_config = True
-        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite))
-        try:
-            snapshot = session.commit(f"checkpoint step {step}", metadata={"step": step})
-        except icechunk.ConflictError as e:
-            raise ConcurrentWrite(f"another process committed to {self.location} while step {step} was being "
-                                  "written; only one writer per run at a time") from e
+        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, tables or {}))
+        snapshot = self._commit(session, f"checkpoint step {step}", {"step": step})
         self._tag(step, snapshot)
         return snapshot
+
+    def append(self, tables: Tables, message: str, attrs: dict[str, dict] | None = None) -> str:
+        """Append rows to tables (and set their attributes) in one commit of their own."""
+        session = self.repo.writable_session("main")
+
+        async def stage():
+            for path, rows in tables.items():
+                await append_rows(session.store, path, rows, (attrs or {}).get(path))
+
+        sync(stage())
+        return self._commit(session, message, {})
+
+    def _commit(self, session: icechunk.Session, message: str, metadata: dict) -> str:
+        try:
+            return session.commit(message, metadata=metadata)
+        except icechunk.ConflictError as e:
+            raise ConcurrentWrite(f"another process committed to {self.location} during '{message}'; "
+                                  "only one writer per run at a time") from e
 
     def _tag(self, step: int, snapshot: str) -> None:
         """Tag `step-N` (tags are immutable, so a rewritten step gets `step-N.v2`, `.v3`, ...)."""
@@ -98,12 +116,15 @@ class RunWriter:
         self.repo.create_tag(name, snapshot)
 
 
-async def _stage(store, step: int, state_dict, optimizer_state: OptimizerState | None, overwrite: bool) -> None:
+async def _stage(store, step: int, state_dict, optimizer_state: OptimizerState | None, overwrite: bool,
+                 tables: Tables) -> None:
     params = await TensorGroup.open(store, PARAMS, create=True)
     await params.write(step, state_dict, overwrite=overwrite)
     for slot, tensors in _slots(optimizer_state or {}).items():
         group = await TensorGroup.open(store, f"{OPTIMIZER}/{slot}", create=True)
         await group.write(step, tensors, overwrite=overwrite)
+    for path, rows in tables.items():
+        await append_rows(store, path, rows)
 
 
 def _slots(state: OptimizerState) -> dict[str, dict[str, torch.Tensor]]:
