@@ -14,8 +14,12 @@ app = typer.Typer(help="Trajectory Workbench: every checkpoint of a training run
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 import_app = typer.Typer(help="Bring checkpoints from other formats into a run.", no_args_is_help=True)
 export_app = typer.Typer(help="Write a checkpoint of a run in another format.", no_args_is_help=True)
+data_app = typer.Typer(help="The training data of a run: documents, order, search.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="The tokenizer of a run.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 app.add_typer(export_app, name="export")
+app.add_typer(data_app, name="data")
+app.add_typer(tokenizer_app, name="tokenizer")
 
 RunArg = Annotated[str, typer.Argument(help="run folder or s3://bucket/prefix")]
 
@@ -126,6 +130,66 @@ def export_hf(
     from workbench.store.hf import export_hf as run_export
 
     typer.echo(f"wrote {run_export(workbench.open(run), step, out)}")
+
+
+@app.command()
+@expected_errors
+def train(
+    out: Annotated[str, typer.Option("--out", help="run folder (or s3://bucket/prefix) to write")],
+    preset: Annotated[Optional[str], typer.Option(help="tiny, small, 125m, 350m or 1b")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with [model] and [train] tables")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
+    every: Annotated[Optional[int], typer.Option(help="checkpoint every N steps (default 1000)")] = None,
+    no_early: Annotated[bool, typer.Option("--no-early", help="skip the log-spaced early checkpoints")] = False,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="'synthetic' or a folder/.jsonl/.parquet of local text")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the run's last checkpoint")] = False,
+):
+    """Train a LLaMA and record every checkpoint, the data order and the metrics in a run."""
+    from training.presets import load
+    from training.trainer import Trainer
+
+    model_cfg, train_cfg = load(config, preset, max_steps=max_steps, every=every, device=device, corpus=corpus,
+                                early=False if no_early else None)
+    if resume:
+        import workbench
+
+        stored = workbench.open(out).train_config or {}
+        train_cfg = type(train_cfg)(**{**stored, **{k: v for k, v in dict(max_steps=max_steps, device=device).items()
+                                                    if v is not None}})
+    Trainer(model_cfg, train_cfg, out, resume=resume, progress=sys.stderr.isatty()).train()
+    typer.echo(f"trained {out} to step {train_cfg.max_steps}")
+
+
+@data_app.command("find")
+@expected_errors
+def data_find(run: RunArg, text: Annotated[str, typer.Argument(help="text to search for in the training documents")],
+              limit: Annotated[int, typer.Option(help="most documents to list")] = 20):
+    """Documents that contain TEXT, and the training steps at which each was seen."""
+    import workbench
+
+    r = workbench.open(run)
+    hits = r.find_documents(text)
+    for doc in hits[:limit]:
+        steps = r.steps_seen(doc["document_id"])
+        seen = f"seen at {len(steps)} step(s): {_steps_text(steps)}" if steps else "never trained on (held out)"
+        typer.echo(f"doc {doc['document_id']} [{doc['domain']}] {seen}\n    {doc['snippet']}")
+    typer.echo(f"{len(hits)} document(s) contain {text!r}")
+
+
+@tokenizer_app.command("stats")
+@expected_errors
+def tokenizer_stats(run: RunArg):
+    """Characters per token per language/domain of the run's tokenizer on its corpus."""
+    import workbench
+    from training.data.tokenizer import chars_per_token
+
+    r = workbench.open(run)
+    if r.tokenizer is None:
+        raise typer.BadParameter(f"{run} has no tokenizer")
+    typer.echo(f"vocab size {r.tokenizer.get_vocab_size()}")
+    for domain, cpt in chars_per_token(r.tokenizer, r.documents()).items():
+        typer.echo(f"{domain:>8}  {cpt:.2f} characters/token")
 
 
 if __name__ == "__main__":

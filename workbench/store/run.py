@@ -12,7 +12,7 @@ import zarr
 from zarr.core.sync import sync
 
 from workbench.errors import RunNotFound, StepNotFound, UsageError
-from workbench.store.layout import META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, bf16_to_float32, parse_name, template_to_array
+from workbench.store.layout import DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, bf16_to_float32, parse_name, template_to_array
 from workbench.store.storage import open_repository
 from workbench.store.tables import read as read_table
 from workbench.store.tensors import TensorGroup
@@ -129,6 +129,25 @@ class Run:
         """The training steps whose batches contained (part of) `document_id`, sorted."""
         steps = self._order.loc[self._order["document_id"] == document_id, "step"]
         return sorted(int(s) for s in steps.unique())
+
+    def documents(self):
+        """The training corpus as a DataFrame (document_id, text, domain, split, ...), or an error if not stored."""
+        df = self.table(DOCUMENTS)
+        if df is None:
+            raise UsageError(f"{self.location} stores no corpus (an imported run?)")
+        return df
+
+    def find_documents(self, text: str, context: int = 40) -> list[dict]:
+        """Documents containing `text` (exact substring), with a snippet around the first hit."""
+        if not text:
+            raise UsageError("give a non-empty text to search for")
+        docs = self.documents()
+        hits = []
+        for row in docs[docs["text"].str.contains(text, regex=False)].to_dict("records"):
+            i = row["text"].find(text)
+            snippet = row["text"][max(0, i - context): i + len(text) + context].replace("\n", " ")
+            hits.append({**{k: v for k, v in row.items() if k != "text"}, "snippet": snippet})
+        return hits
 
     def checkpoint(self, step: int) -> "Checkpoint":
         """The checkpoint at `step`; `StepNotFound` names the nearest steps."""
