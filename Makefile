@@ -19,6 +19,15 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The main job on built-in data: corpus + tokenizer, 2,000 steps of the tiny LLaMA with a checkpoint every
+# 100 (plus the early log-spaced ones), then a look at the run.
+DEMO_RUN ?= runs/demo
+demo: $(STAMP)
+	rm -rf $(DEMO_RUN)
+	$(VENV)/bin/wb train --preset tiny --max-steps 2000 --every 100 --out $(DEMO_RUN)
+	$(VENV)/bin/wb info $(DEMO_RUN)
+	$(VENV)/bin/wb verify $(DEMO_RUN)
+
 bench: $(STAMP)
 	$(PY) benchmarks/store.py
 

@@ -1,0 +1,166 @@
+"""The trainer: AdamW with warmup + cosine, gradient clipping, bf16 autocast on CUDA, and a run that records
+every checkpoint (with optimizer state), the exact data order and every step's metrics.
+
+Resuming continues from the last committed checkpoint and, on CPU, reproduces the uninterrupted run bit for
+bit: the data order is a function of (data_seed, step) and the checkpoint holds the full optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.config import ModelConfig
+from training.dataset import Dataset, build_dataset
+from training.model import Llama, checkpoint_state, load_checkpoint_state
+from training.train_config import TrainConfig
+from training.writer_thread import BackgroundWriter, host_copy
+from workbench.errors import UsageError, WorkbenchError
+
+
+class TrainingDiverged(WorkbenchError):
+    """A non-finite loss; the run keeps its last good checkpoint."""
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `max_steps`."""
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / max(1, cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def make_optimizer(model: Llama, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms), as in LLaMA."""
+    params = dict(model.named_parameters())
+    decay = [p for n, p in params.items() if p.ndim >= 2]
+    no_decay = [p for n, p in params.items() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                             fused=next(model.parameters()).is_cuda)
+
+
+def optimizer_state(model: Llama, opt: torch.optim.Optimizer) -> dict[str, dict[str, torch.Tensor]]:
+    """AdamW state keyed by HF parameter names."""
+    return {name: dict(opt.state[p]) for name, p in model.named_parameters() if p in opt.state}
+
+
+def load_optimizer_state(model: Llama, opt: torch.optim.Optimizer, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    device = next(model.parameters()).device
+    for name, p in model.named_parameters():
+        if name in state:
+            opt.state[p] = {k: (v.to(device) if k != "step" else v.clone()) for k, v in state[name].items()}
+
+
+class Trainer:
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, resume: bool = False,
+                 progress: bool = True):
+        self.model_cfg, self.cfg, self.out, self.progress = model_cfg, cfg, str(out), progress
+        self.device = resolve_device(cfg.device)
+        if cfg.seq_len > model_cfg.max_position_embeddings:
+            raise UsageError(f"seq_len {cfg.seq_len} exceeds max_position_embeddings {model_cfg.max_position_embeddings}")
+        self.resume = resume
+
+    def train(self) -> str:
+        """Train to `max_steps`; returns the run's location."""
+        import workbench
+        from workbench.store.writer import RunWriter
+
+        torch.manual_seed(self.cfg.seed)
+        model = Llama(self.model_cfg).to(self.device)
+        opt = make_optimizer(model, self.cfg)
+        if self.resume:
+            run = workbench.open(self.out)
+            self._check_resumable(run)
+            start = run.steps[-1]
+            ckpt = run.checkpoint(start)
+            load_checkpoint_state(model, {k: v.to(self.device) for k, v in ckpt.state_dict().items()})
+            load_optimizer_state(model, opt, ckpt.optimizer_state() or {})
+            data = build_dataset(self.cfg, self.model_cfg.vocab_size, tokenizer=run.tokenizer)
+            tokens_seen = int(run.metrics()["tokens"].iloc[-1]) if start > 0 else 0
+            writer = RunWriter(self.out)
+        else:
+            data = build_dataset(self.cfg, self.model_cfg.vocab_size)
+            self.model_cfg.eos_token_id = data.eos_id
+            writer = workbench.create(self.out, model_config=self.model_cfg.to_hf(), tokenizer=data.tokenizer,
+                                      train_config=asdict(self.cfg))
+            writer.append(data.tables(), "corpus, held-out split and tokenizer")
+            writer.write_checkpoint(0, host_copy(checkpoint_state(model)), {})
+            start, tokens_seen = 0, 0
+        self._loop(model, opt, data, writer, start, tokens_seen)
+        return self.out
+
+    def _check_resumable(self, run) -> None:
+        if not run.steps:
+            raise UsageError(f"{self.out} has no checkpoint to resume from")
+        stored, ours = run.model_config, self.model_cfg.to_hf()
+        diff = sorted(k for k in ours if k not in ("eos_token_id", "bos_token_id") and stored.get(k) != ours[k])
+        if diff:
+            raise UsageError(f"cannot resume {self.out}: its model config differs in "
+                             + ", ".join(f"{k} ({stored.get(k)} in the run, {ours[k]} here)" for k in diff))
+        self.model_cfg.eos_token_id = stored.get("eos_token_id")
+
+    def _loop(self, model: Llama, opt, data: Dataset, writer, start: int, tokens_seen: int) -> None:
+        from tqdm.auto import tqdm
+
+        cfg, device = self.cfg, self.device
+        keep = set(cfg.checkpoint_steps())
+        background = BackgroundWriter(writer)
+        metrics: list[dict] = []
+        order: list[dict] = []
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not self.progress)
+        model.train()
+        try:
+            for step, tokens, spans in data.batches(cfg.batch_size, start_step=start + 1, max_step=cfg.max_steps):
+                t0 = time.perf_counter()
+                lr = lr_at(step, cfg)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                tokens = tokens.to(device, non_blocking=True)
+                with autocast:
+                    loss = model(tokens[:, :-1], tokens[:, 1:])
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    background.close()
+                    raise TrainingDiverged(f"loss is {loss_value} at step {step}; training stopped, the last good "
+                                           f"checkpoint is step {background.last_committed}")
+                n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+                tokens_seen += n_tokens
+                dt = time.perf_counter() - t0
+                metrics.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+                                "tokens": tokens_seen, "tokens_per_s": n_tokens / dt, "step_time_s": dt})
+                order += [{"step": step, **s} for s in spans]
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+                if step in keep:
+                    tables = {"metrics": _columns(metrics), "data/order": _columns(order)}
+                    background.submit(step, host_copy(checkpoint_state(model)),
+                                      {k: host_copy(v) for k, v in optimizer_state(model, opt).items()}, tables)
+                    metrics, order = [], []
+        finally:
+            bar.close()
+        background.close()
+
+
+def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.asarray([r[k] for r in rows]) for k in rows[0]} if rows else {}
