@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Kernel tests run in their own process: TRITON_INTERPRET=1 must be set before triton is first imported.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests/unit tests/integration
+	$(PY) -m pytest -q tests/kernels
 
 # The main job on built-in data: corpus + tokenizer, 2,000 steps of the tiny LLaMA with a checkpoint every
 # 100 (plus the early log-spaced ones), then a look at the run.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,52 +68,61 @@ def load_optimizer_state(model: Llama, opt: torch.optim.Optimizer, state: dict[s
 
 
 class Trainer:
+    """Trains `model_cfg` under `cfg` into the run at `out`, or resumes that run (`resume=True`)."""
+
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, resume: bool = False,
                  progress: bool = True):
-        self.model_cfg, self.cfg, self.out, self.progress = model_cfg, cfg, str(out), progress
+        self.model_cfg, self.cfg, self.out, self.progress, self.resume = model_cfg, cfg, str(out), progress, resume
         self.device = resolve_device(cfg.device)
         if cfg.seq_len > model_cfg.max_position_embeddings:
             raise UsageError(f"seq_len {cfg.seq_len} exceeds max_position_embeddings {model_cfg.max_position_embeddings}")
-        self.resume = resume
+
+    @classmethod
+    def resuming(cls, out: str | Path, model_cfg: ModelConfig | None = None, progress: bool = True,
+                 **overrides) -> "Trainer":
+        """A trainer that continues the run at `out` with its stored configs (`overrides`: max_steps, device)."""
+        import workbench
+
+        run = workbench.open(out)
+        if not run.train_config or "max_steps" not in run.train_config:
+            raise UsageError(f"{out} was not written by the trainer (an imported run?); nothing to resume")
+        cfg = replace(TrainConfig(**run.train_config), **{k: v for k, v in overrides.items() if v is not None})
+        stored = ModelConfig.from_hf(run.model_config)
+        if model_cfg is not None:
+            ours = replace(model_cfg, eos_token_id=stored.eos_token_id, bos_token_id=stored.bos_token_id)
+            if diff := [f"{k} ({v} in the run, {asdict(ours)[k]} here)" for k, v in asdict(stored).items()
+                        if asdict(ours)[k] != v]:
+                raise UsageError(f"cannot resume {out}: its model config differs in " + ", ".join(diff))
+        return cls(stored, cfg, out, resume=True, progress=progress)
 
     def train(self) -> str:
         """Train to `max_steps`; returns the run's location."""
         import workbench
-        from workbench.store.writer import RunWriter
 
         torch.manual_seed(self.cfg.seed)
         model = Llama(self.model_cfg).to(self.device)
         opt = make_optimizer(model, self.cfg)
         if self.resume:
             run = workbench.open(self.out)
-            self._check_resumable(run)
+            if not run.steps:
+                raise UsageError(f"{self.out} has no checkpoint to resume from; delete it and train again")
             start = run.steps[-1]
             ckpt = run.checkpoint(start)
             load_checkpoint_state(model, {k: v.to(self.device) for k, v in ckpt.state_dict().items()})
             load_optimizer_state(model, opt, ckpt.optimizer_state() or {})
             data = build_dataset(self.cfg, self.model_cfg.vocab_size, tokenizer=run.tokenizer)
             tokens_seen = int(run.metrics()["tokens"].iloc[-1]) if start > 0 else 0
-            writer = RunWriter(self.out)
+            writer = workbench.RunWriter(self.out)
         else:
             data = build_dataset(self.cfg, self.model_cfg.vocab_size)
             self.model_cfg.eos_token_id = data.eos_id
             writer = workbench.create(self.out, model_config=self.model_cfg.to_hf(), tokenizer=data.tokenizer,
                                       train_config=asdict(self.cfg))
-            writer.append(data.tables(), "corpus, held-out split and tokenizer")
-            writer.write_checkpoint(0, host_copy(checkpoint_state(model)), {})
+            # The corpus and step 0 in one commit: a run either has both or no checkpoint at all.
+            writer.write_checkpoint(0, host_copy(checkpoint_state(model)), tables=data.tables())
             start, tokens_seen = 0, 0
         self._loop(model, opt, data, writer, start, tokens_seen)
         return self.out
-
-    def _check_resumable(self, run) -> None:
-        if not run.steps:
-            raise UsageError(f"{self.out} has no checkpoint to resume from")
-        stored, ours = run.model_config, self.model_cfg.to_hf()
-        diff = sorted(k for k in ours if k not in ("eos_token_id", "bos_token_id") and stored.get(k) != ours[k])
-        if diff:
-            raise UsageError(f"cannot resume {self.out}: its model config differs in "
-                             + ", ".join(f"{k} ({stored.get(k)} in the run, {ours[k]} here)" for k in diff))
-        self.model_cfg.eos_token_id = stored.get("eos_token_id")
 
     def _loop(self, model: Llama, opt, data: Dataset, writer, start: int, tokens_seen: int) -> None:
         from tqdm.auto import tqdm

@@ -149,16 +149,15 @@ def train(
     from training.presets import load
     from training.trainer import Trainer
 
-    model_cfg, train_cfg = load(config, preset, max_steps=max_steps, every=every, device=device, corpus=corpus,
-                                early=False if no_early else None)
     if resume:
-        import workbench
-
-        stored = workbench.open(out).train_config or {}
-        train_cfg = type(train_cfg)(**{**stored, **{k: v for k, v in dict(max_steps=max_steps, device=device).items()
-                                                    if v is not None}})
-    Trainer(model_cfg, train_cfg, out, resume=resume, progress=sys.stderr.isatty()).train()
-    typer.echo(f"trained {out} to step {train_cfg.max_steps}")
+        model_cfg = load(config, preset)[0] if (preset or config) else None
+        trainer = Trainer.resuming(out, model_cfg, progress=sys.stderr.isatty(), max_steps=max_steps, device=device)
+    else:
+        model_cfg, train_cfg = load(config, preset, max_steps=max_steps, every=every, device=device, corpus=corpus,
+                                    early=False if no_early else None)
+        trainer = Trainer(model_cfg, train_cfg, out, progress=sys.stderr.isatty())
+    trainer.train()
+    typer.echo(f"trained {out} to step {trainer.cfg.max_steps}")
 
 
 @data_app.command("find")

@@ -84,10 +84,11 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def to_torch(a: np.ndarray, logical: str) -> torch.Tensor:
-    """Inverse of `to_numpy`."""
+    """Inverse of `to_numpy` (0-d arrays stay 0-d)."""
+    a = np.require(np.asarray(a), requirements="C")
     if logical == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a))
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def bf16_to_float32(a: np.ndarray) -> np.ndarray:

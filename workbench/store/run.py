@@ -9,13 +9,14 @@ from functools import cached_property
 import numpy as np
 import torch
 import zarr
+from zarr.errors import GroupNotFoundError
 from zarr.core.sync import sync
 
-from workbench.errors import RunNotFound, StepNotFound, UsageError
+from workbench.errors import CorruptData, RunNotFound, StepNotFound, UsageError
 from workbench.store.layout import DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, bf16_to_float32, parse_name, template_to_array
 from workbench.store.storage import open_repository
 from workbench.store.tables import read as read_table
-from workbench.store.tensors import TensorGroup
+from workbench.store.tensors import DECODE_ERRORS, TensorGroup
 
 
 class Run:
@@ -34,7 +35,11 @@ class Run:
         """Move to the newest committed state of the run."""
         self.session = self.repo.readonly_session(branch="main")
         self.store = self.session.store
-        self.root = zarr.open_group(self.store, mode="r")
+        try:
+            self.root = zarr.open_group(self.store, mode="r")
+        except GroupNotFoundError:
+            raise RunNotFound(f"{self.location} is an empty Icechunk repository, not a workbench run "
+                              "(a creation that was interrupted?)") from None
         self.attrs = self.root.attrs.asdict()
         if "workbench" not in self.attrs:
             raise RunNotFound(f"{self.location} is an Icechunk repository but not a workbench run "
@@ -173,11 +178,11 @@ class Run:
             hint = f"; did you mean {', '.join(close)}?" if close else "; see Run.parameter_names()"
             raise UsageError(f"no parameter {name!r} in this run{hint}")
         arr = arrays[template]
-        data = da.from_array(arr, chunks=arr.chunks, asarray=True, lock=False, fancy=False)
+        steps = np.asarray(self._params.steps, dtype=np.int64)
+        data = da.from_array(_Checked(arr, steps), chunks=arr.chunks, asarray=True, lock=False, fancy=False)
         dtype = arr.attrs["dtype"]
         if dtype == "bfloat16":
             data = data.map_blocks(bf16_to_float32, dtype=np.float32)
-        steps = np.asarray(self._params.steps, dtype=np.int64)
         dims = list(arr.metadata.dimension_names)
         coords = {STEP: steps}
         if "layer" in dims:
@@ -190,6 +195,22 @@ class Run:
                 raise UsageError(f"{name!r}: layer {key.layer} out of range, the run has {arr.shape[1]} layers")
             out = out.sel(layer=key.layer, drop=True).rename(name)
         return out
+
+
+class _Checked:
+    """A stacked array as dask reads it, with decode failures raised as `CorruptData` naming array and step."""
+
+    def __init__(self, arr: zarr.Array, steps: np.ndarray):
+        self.arr, self.steps = arr, steps
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.arr[key]
+        except DECODE_ERRORS as e:
+            first = key[0] if isinstance(key, tuple) else key
+            index = first.start or 0 if isinstance(first, slice) else int(first)
+            raise CorruptData(self.arr.path, int(self.steps[index]), str(e).splitlines()[0]) from e
 
 
 class Checkpoint:

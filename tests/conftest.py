@@ -1,0 +1,106 @@
+"""Shared fixtures: a tiny LLaMA config and trajectories of checkpoints written by transformers itself.
+
+The reference tensors of the store tests are the `model.safetensors` files that
+`LlamaForCausalLM.save_pretrained` writes: the store must give back exactly those bits.
+No weights are downloaded; every model is built from a config and seeded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
+
+
+def tiny_llama_config(**overrides):
+    """A tiny `transformers.LlamaConfig` (3 layers, 4 heads, 2 kv heads)."""
+    import transformers
+
+    return transformers.LlamaConfig(**{**TINY, **overrides})
+
+
+def seeded_model(config, step: int, dtype: torch.dtype = torch.float32):
+    """A random-init `LlamaForCausalLM` whose every tensor depends on `step`.
+
+    HF initialises RMSNorm weights to ones, identical at every step; they are perturbed here so that a
+    store handing back the wrong step's norm would be caught too.
+    """
+    import transformers
+
+    torch.manual_seed(1000 + step)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.to(dtype)
+
+
+def save_hf_trajectory(root: Path, config, steps, dtype: torch.dtype = torch.float32) -> dict[int, Path]:
+    """`root/step{N}` HF checkpoint folders (safetensors), one seeded model per step."""
+    folders = {}
+    for step in steps:
+        folder = Path(root) / f"step{step}"
+        if not (folder / "model.safetensors").exists():
+            seeded_model(config, step, dtype).save_pretrained(folder)
+        folders[step] = folder
+    return folders
+
+
+def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return tiny_llama_config()
+
+
+@pytest.fixture(scope="session")
+def hf_trajectory(tmp_path_factory, tiny_config):
+    """Factory: `hf_trajectory(steps, dtype)` -> {step: folder}, cached for the whole session."""
+    root = tmp_path_factory.mktemp("hf")
+
+    def make(steps=(0, 10, 20), dtype: torch.dtype = torch.float32) -> dict[int, Path]:
+        return save_hf_trajectory(root / str(dtype).removeprefix("torch."), tiny_config, steps, dtype)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def hf_state_dicts(hf_trajectory):
+    """Factory: `hf_state_dicts(steps, dtype)` -> {step: state dict loaded from its safetensors file}."""
+
+    def make(steps=(0, 10, 20), dtype: torch.dtype = torch.float32) -> dict[int, dict[str, torch.Tensor]]:
+        return {step: load_safetensors(folder) for step, folder in hf_trajectory(steps, dtype).items()}
+
+    return make
+
+
+@pytest.fixture
+def new_run(tmp_path, tiny_config):
+    """Factory: a fresh run (RunWriter) under tmp_path with the tiny model's config."""
+    import workbench
+
+    counter = iter(range(1000))
+
+    def make(model_config: dict | None = None):
+        path = tmp_path / f"run{next(counter)}"
+        config = tiny_config.to_dict() if model_config is None else model_config
+        return path, workbench.create(path, model_config=config)
+
+    return make
