@@ -16,6 +16,7 @@ METRICS = "metrics"
 ORDER = "data/order"
 DOCUMENTS = "data/documents"
 STEP = "step"
+TENSORS, TABLE = "tensors", "table"  # the `kind` attribute of stacked-tensor groups and of tables
 
 # The first `.{int}.` of a name is its layer: `model.layers.3.mlp.up_proj.weight` -> `model.layers.{layer}.mlp...`.
 _LAYERED = re.compile(r"^(?P<head>.+?)\.(?P<layer>\d+)\.(?P<tail>.+)$")

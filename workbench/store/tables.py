@@ -11,6 +11,8 @@ import asyncio
 import numpy as np
 from zarr.api.asynchronous import open_group
 
+from workbench.store.layout import TABLE
+
 ROW = "row"
 CHUNK_ROWS = 1 << 16
 
@@ -30,8 +32,8 @@ async def append(store, path: str, rows: dict[str, object], attrs: dict | None =
         raise ValueError(f"table {path}: columns have different lengths {sorted(lengths)}")
     (n_new,) = lengths
     group = await open_group(store=store, path=path, mode="a")
-    if attrs:
-        await group.update_attributes(attrs)
+    if attrs or group.attrs.get("kind") != TABLE:
+        await group.update_attributes({**(attrs or {}), "kind": TABLE})
     existing = {name: arr async for name, arr in group.arrays()}
     if existing and existing.keys() != columns.keys():
         raise ValueError(f"table {path} has columns {sorted(existing)}, got {sorted(columns)}")

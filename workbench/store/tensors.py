@@ -15,7 +15,7 @@ from zarr.api.asynchronous import open_group
 from zarr.core.group import AsyncGroup
 
 from workbench.errors import CorruptData, IncompatibleCheckpoint, StepExists, StepNotFound
-from workbench.store.layout import STEP, Key, codecs_for, dims_for, encode_dtype, parse_name, to_numpy, to_torch
+from workbench.store.layout import STEP, TENSORS, Key, codecs_for, dims_for, encode_dtype, parse_name, to_numpy, to_torch
 
 # Errors zarr raises for chunk bytes that fail their checksum or cannot be decoded.
 DECODE_ERRORS = (ValueError, RuntimeError, OSError)
@@ -85,6 +85,7 @@ class TensorGroup:
         if STEP not in [k async for k in group.array_keys()]:
             if not create:
                 return None
+            await group.update_attributes({"kind": TENSORS})
             await group.create_array(STEP, shape=(0,), chunks=(1024,), dtype="int64", dimension_names=[STEP],
                                      attributes={"units": "optimizer steps", "description": "training step of each index"})
             return cls(group, [])

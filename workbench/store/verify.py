@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from zarr.core.sync import sync
 
-from workbench.store.layout import STEP, to_torch
+from workbench.store.layout import STEP, TENSORS, to_torch
 from workbench.store.tensors import DECODE_ERRORS
 
 JUMP_RATIO = 2.0  # flag t when min(d(a,t), d(t,b)) > JUMP_RATIO * d(a,b)
@@ -72,9 +72,10 @@ def _stacked_arrays(root):
 def _tensor_groups(root, prefix: str = ""):
     for name, group in root.groups():
         path = f"{prefix}{name}"
-        if STEP in group:
+        if group.attrs.get("kind") == TENSORS:
             yield path
-        yield from _tensor_groups(group, path + "/")
+        else:
+            yield from _tensor_groups(group, path + "/")
 
 
 def _read_row(arr, path: str, idx: int, step: int, problems: list[Problem]) -> torch.Tensor | None:
