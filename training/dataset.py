@@ -95,3 +95,12 @@ def build_dataset(cfg: TrainConfig, vocab_size: int, tokenizer=None) -> Dataset:
     token_ids = encode_documents(tokenizer, [by_id[i] for i in train_ids])
     packed = pack(token_ids, cfg.seq_len, token_id(tokenizer, EOS), cfg.data_seed)
     return Dataset(documents, tokenizer, heldout, packed, facts, canaries, skipped)
+
+
+def run_documents(run) -> list[Document]:
+    """The corpus stored in a run, as Documents (planted fact and canary spans included)."""
+    from training.data.documents import Span
+
+    return [Document(int(row.document_id), row.text, row.domain, row.language,
+                     [Span(a, b, label) for a, b, label in json.loads(row.annotations)])
+            for row in run.documents().itertuples()]

@@ -182,14 +182,15 @@ def tokenizer_stats(run: RunArg):
     """Characters per token per language/domain of the run's tokenizer on its corpus."""
     import workbench
     from training.data.tokenizer import chars_per_token
+    from training.dataset import run_documents
+    from workbench.errors import UsageError
 
     r = workbench.open(run)
     if r.tokenizer is None:
-        raise typer.BadParameter(f"{run} has no tokenizer")
+        raise UsageError(f"{run} has no tokenizer; attach one with `wb import hf ... --tokenizer DIR`")
     typer.echo(f"vocab size {r.tokenizer.get_vocab_size()}")
-    for domain, cpt in chars_per_token(r.tokenizer, r.documents()).items():
+    for domain, cpt in chars_per_token(r.tokenizer, run_documents(r)).items():
         typer.echo(f"{domain:>8}  {cpt:.2f} characters/token")
-
 
 if __name__ == "__main__":
     app()

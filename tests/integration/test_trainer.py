@@ -222,3 +222,26 @@ def test_full_disk_during_a_checkpoint_leaves_no_partial_step(small, tmp_path, m
     run = workbench.open(tmp_path / "r")
     assert run.steps == [0, 5, 10]
     assert run.metrics().index.max() == 10
+
+
+def test_data_find_and_tokenizer_stats(small, tmp_path):
+    _, model_cfg, cfg = small
+    Trainer(model_cfg, replace(cfg, max_steps=10), tmp_path / "r", progress=False).train()
+    run = workbench.open(tmp_path / "r")
+    docs = run.documents()
+    text = "The capital of Velmora"
+    want = sorted(int(d) for d in docs.loc[docs["text"].str.contains(text, regex=False), "document_id"])
+    code, out = wb("data", "find", tmp_path / "r", text, "--limit", "100")
+    assert code == 0 and f"{len(want)} document(s) contain" in out
+    order = run.table("data/order")
+    for doc in want:
+        steps = sorted(set(order.loc[order["document_id"] == doc, "step"].tolist()))
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"doc {doc} "))
+        assert (f"seen at {len(steps)} step(s)" in line) if steps else ("never trained on" in line)
+
+    code, out = wb("tokenizer", "stats", tmp_path / "r")
+    assert code == 0
+    for domain, group in docs.groupby("domain"):
+        chars = group["text"].str.len().sum()
+        tokens = sum(len(run.tokenizer.encode(t, add_special_tokens=False).ids) for t in group["text"])
+        assert f"{domain:>8}  {chars / tokens:.2f} characters/token" in out
