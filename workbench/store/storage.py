@@ -30,13 +30,19 @@ def storage_for(location: str | os.PathLike) -> icechunk.Storage:
             allow_http=bool(endpoint and endpoint.startswith("http://")),
             from_env=True,
         )
-    if url.scheme not in ("", "file"):
+    path = local_path(location)
+    if path is None:
         raise UsageError(f"unsupported run location {text!r}: use a local folder or s3://bucket/prefix")
-    return icechunk.local_filesystem_storage(str(Path(url.path if url.scheme else text).expanduser().absolute()))
+    return icechunk.local_filesystem_storage(str(path))
 
 
-def is_local(location: str | os.PathLike) -> bool:
-    return urlparse(os.fspath(location)).scheme in ("", "file")
+def local_path(location: str | os.PathLike) -> Path | None:
+    """The folder of a local run (a path or file:// URL), None for object storage."""
+    text = os.fspath(location)
+    url = urlparse(text)
+    if url.scheme not in ("", "file"):
+        return None
+    return Path(url.path if url.scheme else text).expanduser().absolute()
 
 
 def open_repository(location: str | os.PathLike) -> icechunk.Repository:
@@ -53,8 +59,8 @@ def create_repository(location: str | os.PathLike) -> icechunk.Repository:
     storage = storage_for(location)
     if icechunk.Repository.exists(storage):
         raise UsageError(f"{os.fspath(location)} already holds a run; open it with workbench.open() instead")
-    if is_local(location):
-        path = Path(os.fspath(location)).expanduser()
+    path = local_path(location)
+    if path is not None:
         if path.exists() and any(path.iterdir()):
             raise UsageError(f"{path} exists and is not empty; choose a new folder for the run")
     return icechunk.Repository.create(storage)
@@ -62,7 +68,5 @@ def create_repository(location: str | os.PathLike) -> icechunk.Repository:
 
 def bytes_on_disk(location: str | os.PathLike) -> int | None:
     """Total size of a local run's files (None for object storage)."""
-    if not is_local(location):
-        return None
-    root = Path(os.fspath(location)).expanduser()
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    root = local_path(location)
+    return None if root is None else sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

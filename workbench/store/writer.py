@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import icechunk
@@ -14,7 +17,7 @@ from zarr.core.sync import sync
 
 from workbench.errors import ConcurrentWrite, UsageError
 from workbench.store.layout import FORMAT_VERSION, META, OPTIMIZER, PARAMS
-from workbench.store.storage import create_repository, open_repository
+from workbench.store.storage import create_repository, local_path, open_repository
 from workbench.store.tables import append as append_rows
 from workbench.store.tensors import TensorGroup
 
@@ -99,12 +102,23 @@ class RunWriter:
         sync(stage())
         return self._commit(session, message, {})
 
+    @contextmanager
+    def transaction(self, message: str, metadata: dict | None = None) -> Iterator[icechunk.Session]:
+        """A writable session committed as one commit when the block exits without error (discarded
+        otherwise). For writers of their own groups, such as the analyses under `results/`."""
+        session = self.repo.writable_session("main")
+        yield session
+        self._commit(session, message, metadata or {})
+
     def _commit(self, session: icechunk.Session, message: str, metadata: dict) -> str:
-        try:
-            return session.commit(message, metadata=metadata)
-        except icechunk.ConflictError as e:
-            raise ConcurrentWrite(f"another process committed to {self.location} during '{message}'; "
-                                  "only one writer per run at a time") from e
+        """Commit under the run's commit lock, rebasing onto commits that touched other arrays (a trainer
+        and an analysis may write one run at the same time; both change disjoint groups)."""
+        with commit_lock(self.location):
+            try:
+                return session.commit(message, metadata=metadata, rebase_with=icechunk.ConflictDetector())
+            except (icechunk.ConflictError, icechunk.RebaseFailedError) as e:
+                raise ConcurrentWrite(f"another process changed the same arrays of {self.location} during "
+                                      f"'{message}'; only one writer per group at a time") from e
 
     def _tag(self, step: int, snapshot: str) -> None:
         """Tag `step-N` (tags are immutable, so a rewritten step gets `step-N.v2`, `.v3`, ...)."""
@@ -136,6 +150,22 @@ def _slots(state: OptimizerState) -> dict[str, dict[str, torch.Tensor]]:
                 raise UsageError(f"optimizer slot name {slot!r} of {name} must be an identifier")
             slots.setdefault(slot, {})[name] = torch.as_tensor(value)
     return slots
+
+
+@contextmanager
+def commit_lock(location: str) -> Iterator[None]:
+    """Serialise commits to a local run across processes (Icechunk's local storage has no atomic ref
+    update; object stores have conditional writes and need no lock)."""
+    folder = local_path(location)
+    if folder is None:
+        yield
+        return
+    with open(folder / ".commit.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _tokenizer_bytes(tokenizer) -> bytes:
