@@ -3,6 +3,9 @@ untied embeddings. Parameter names equal HF `LlamaForCausalLM`'s, so an HF state
 
 The elementwise ops and the loss come from `training.kernels`: fused Triton kernels on CUDA, the PyTorch
 reference on CPU. One switch (`use_triton`), the same parameters.
+
+Activations are captured under TransformerLens hook names (`blocks.{l}.hook_resid_pre`, ...) by passing a
+`Capture`; without one, the forward pass does no extra work.
 """
 
 from __future__ import annotations
@@ -15,6 +18,32 @@ from torch import nn
 
 from training.config import ModelConfig
 from training.kernels import get_ops
+
+
+HOOKS = ("hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.attn.hook_pattern", "blocks.{l}.hook_attn_out",
+         "blocks.{l}.hook_resid_mid", "blocks.{l}.mlp.hook_post", "blocks.{l}.hook_mlp_out",
+         "blocks.{l}.hook_resid_post", "ln_final.hook_normalized")
+
+
+class Capture:
+    """Which activations to keep, by TransformerLens hook name, and the kept tensors (`cache`).
+
+    A hook's tensor is handed to `fn(name, tensor)` when given (for running statistics that never keep the
+    activations), else stored detached in `cache`.
+    """
+
+    def __init__(self, names, fn=None):
+        self.names, self.fn, self.cache = set(names), fn, {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def __call__(self, name: str, x: torch.Tensor) -> None:
+        if name in self.names:
+            if self.fn is not None:
+                self.fn(name, x)
+            else:
+                self.cache[name] = x.detach()
 
 
 class RMSNorm(nn.Module):
@@ -50,15 +79,29 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, ops):
+    def forward(self, x, cos, sin, ops, capture=None, pattern_hook: str = ""):
         b, t, _ = x.shape  # [batch, pos, d_model]
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # [batch, pos, head, d_head]
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)  # [batch, pos, kv_head, d_head]
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim)
         q, k = ops.rotary(q, cos, sin), ops.rotary(k, cos, sin)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [batch, head, pos, d_head]
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        if capture is not None and pattern_hook in capture:
+            z = self._explicit(q, k, v, capture, pattern_hook)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(z.transpose(1, 2).reshape(b, t, -1))  # [batch, pos, d_model]
+
+    def _explicit(self, q, k, v, capture, pattern_hook):
+        """Attention with the pattern materialised, for when it is asked for (SDPA never forms it)."""
+        group = self.n_heads // self.n_kv
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [batch, head, pos, d_head]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # [batch, head, query_pos, key_pos]
+        t = q.shape[2]
+        causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        pattern = scores.float().masked_fill(~causal, float("-inf")).softmax(-1).to(q.dtype)
+        capture(pattern_hook, pattern)
+        return pattern @ v  # [batch, head, pos, d_head]
 
 
 class MLP(nn.Module):
@@ -80,9 +123,23 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, ops):  # [batch, pos, d_model]
-        x = x + self.self_attn(self.input_layernorm(x, ops), cos, sin, ops)
-        return x + self.mlp(self.post_attention_layernorm(x, ops), ops)
+    def forward(self, x, cos, sin, ops, capture=None, prefix: str = ""):  # [batch, pos, d_model]
+        if capture is None:
+            x = x + self.self_attn(self.input_layernorm(x, ops), cos, sin, ops)
+            return x + self.mlp(self.post_attention_layernorm(x, ops), ops)
+        capture(f"{prefix}.hook_resid_pre", x)
+        attn_out = self.self_attn(self.input_layernorm(x, ops), cos, sin, ops, capture, f"{prefix}.attn.hook_pattern")
+        capture(f"{prefix}.hook_attn_out", attn_out)
+        x = x + attn_out
+        capture(f"{prefix}.hook_resid_mid", x)
+        mlp = self.mlp
+        post = ops.swiglu(mlp.gate_proj(h := self.post_attention_layernorm(x, ops)), mlp.up_proj(h))  # [batch, pos, d_mlp]
+        capture(f"{prefix}.mlp.hook_post", post)
+        mlp_out = mlp.down_proj(post)
+        capture(f"{prefix}.hook_mlp_out", mlp_out)
+        x = x + mlp_out
+        capture(f"{prefix}.hook_resid_post", x)
+        return x
 
 
 class Backbone(nn.Module):
@@ -119,19 +176,28 @@ class Llama(nn.Module):
         use = self.use_triton if self.use_triton is not None else device.type == "cuda"
         return get_ops(use)
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, capture: Capture | None = None) -> torch.Tensor:
         """Final normalised residual stream, [batch, pos, d_model]."""
         ops = self.ops(input_ids.device)
         x = self.model.embed_tokens(input_ids)  # [batch, pos, d_model]
         cos, sin = self.model.rotary(input_ids.shape[1], x.dtype)  # [pos, d_head/2]
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, ops)
+        if capture is not None:
+            capture("hook_embed", x)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, ops, capture, f"blocks.{i}")
+        if capture is not None and "ln_final.hook_normalized" in capture:
+            # TransformerLens's hook_normalized is x / rms(x), before the weight.
+            x32 = x.float()
+            capture("ln_final.hook_normalized", (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) +
+                                                                   self.config.rms_norm_eps)).to(x.dtype))
         return self.model.norm(x, ops)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean",
+                capture: Capture | None = None):
         """Logits [batch, pos, vocab] without targets; with targets, the cross-entropy loss computed by the
-        fused linear + cross-entropy op, which never materialises the full logits."""
-        h = self.hidden_states(input_ids)
+        fused linear + cross-entropy op, which never materialises the full logits. `capture` collects
+        activations by TransformerLens hook name."""
+        h = self.hidden_states(input_ids, capture)
         if targets is None:
             return self.lm_head(h)
         ops = self.ops(input_ids.device)
