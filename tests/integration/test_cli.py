@@ -152,3 +152,18 @@ def test_not_a_run_is_one_line_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "workbench.cli", "export", "hf", str(tmp_path)], capture_output=True,
                           text=True)
     assert proc.returncode == 2
+
+
+def test_tokenizer_attaches_to_an_existing_run(suite, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"hello": 0, "world": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    wb("import", "hf", suite / "step0", "--out", tmp_path / "run")
+    assert workbench.open(tmp_path / "run").tokenizer is None
+    code, out = wb("import", "hf", suite / "step1000", "--out", tmp_path / "run", "--tokenizer", tmp_path)
+    assert code == 0, out
+    run = workbench.open(tmp_path / "run")
+    assert run.steps == [0, 1000]
+    assert run.tokenizer.encode("hello world").ids == [0, 1]

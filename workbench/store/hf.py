@@ -146,6 +146,8 @@ def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: in
         if diff := config_difference(run.model_config, config):
             raise IncompatibleCheckpoint(f"{out} holds a model with another config (differs in {diff})")
         writer = RunWriter(out)
+        if tokenizer is not None:
+            writer.set_tokenizer(_find_tokenizer(tokenizer, checkpoints))
     for c, files in tqdm(plan, desc="import", unit="ckpt", disable=not progress):
         writer.write_checkpoint(c.step, load_state_dict(files), overwrite=overwrite)
     return [c.step for c, _ in plan]

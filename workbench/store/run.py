@@ -179,7 +179,9 @@ class Run:
             raise UsageError(f"no parameter {name!r} in this run{hint}")
         arr = arrays[template]
         steps = np.asarray(self._params.steps, dtype=np.int64)
-        data = da.from_array(_Checked(arr, steps), chunks=arr.chunks, asarray=True, lock=False, fancy=False)
+        # One dask block per step (all layers): a block's chunks are fetched concurrently, and a corrupt chunk
+        # fails only its own step.
+        data = da.from_array(_Checked(arr, steps), chunks=(1, *arr.shape[1:]), asarray=True, lock=False, fancy=False)
         dtype = arr.attrs["dtype"]
         if dtype == "bfloat16":
             data = data.map_blocks(bf16_to_float32, dtype=np.float32)
@@ -189,12 +191,32 @@ class Run:
             coords["layer"] = np.arange(arr.shape[1])
         out = xr.DataArray(data, dims=dims, coords=coords, name=template,
                            attrs={"stored_dtype": dtype, "parameter": template})
-        out = out.isel(step=np.argsort(steps, kind="stable"))
+        if np.any(np.diff(steps) < 0):
+            out = out.isel(step=np.argsort(steps, kind="stable"))
         if key and key.layered:
             if key.layer >= arr.shape[1]:
                 raise UsageError(f"{name!r}: layer {key.layer} out of range, the run has {arr.shape[1]} layers")
             out = out.sel(layer=key.layer, drop=True).rename(name)
         return out
+
+    # Analyses live in workbench.analysis (layer 3), imported on first use: the store never needs them.
+    def analyze(self, names=None, steps=None, workers: int | None = None, scheduler: str | None = None,
+                progress: bool = True, **options) -> dict[str, list[int]]:
+        """Compute analyses (default: all registered) at `steps` (default: all; a list, a slice over step
+        values or "0:20000:1000") with Dask and commit them under `results/<name>`; skips the (analysis,
+        step) pairs already stored. Returns {name: steps computed}. See `workbench.analysis.analyze`."""
+        from workbench.analysis import analyze
+
+        try:
+            return analyze(self, names, steps, workers=workers, scheduler=scheduler, progress=progress, **options)
+        finally:
+            self.refresh()
+
+    def results(self, name: str):
+        """The stored results of analysis `name` as an `xarray.Dataset` with a `step` dimension, sorted by step."""
+        from workbench.analysis import load_results
+
+        return load_results(self, name)
 
 
 class _Checked:
@@ -229,6 +251,32 @@ class Checkpoint:
     def optimizer_state(self) -> dict[str, dict[str, torch.Tensor]] | None:
         """AdamW state per parameter name (`exp_avg`, `exp_avg_sq`, `step`), or None when not stored."""
         return sync(_read_optimizer(self.run.store, self.step))
+
+    # Views of the checkpoint live in workbench.models (layer 2), imported on first use: the store never needs them.
+    def model(self, device=None, dtype=None):
+        """The in-repo `training.model.Llama` with these weights, in eval mode (LLaMA runs only)."""
+        from workbench.models.views import llama
+
+        return llama(self, device=device, dtype=dtype)
+
+    def to_hf(self, device=None, dtype=None, attn_implementation: str = "eager"):
+        """A transformers causal LM with these weights (`LlamaForCausalLM`, or the imported config's class)."""
+        from workbench.models.views import hf_model
+
+        return hf_model(self, device=device, dtype=dtype, attn_implementation=attn_implementation)
+
+    def to_hooked_transformer(self, process_weights: bool = False, device=None, dtype=None, **processing):
+        """A TransformerLens `TransformerBridge` (compatibility mode; HookedTransformer weight processing with
+        `process_weights=True`). See `workbench.models.views.hooked_transformer`."""
+        from workbench.models.views import hooked_transformer
+
+        return hooked_transformer(self, process_weights=process_weights, device=device, dtype=dtype, **processing)
+
+    def to_nnsight(self, device=None, dtype=None):
+        """An `nnsight.LanguageModel` over `to_hf()` with the run's tokenizer."""
+        from workbench.models.views import nnsight_model
+
+        return nnsight_model(self, device=device, dtype=dtype)
 
 
 async def _read_optimizer(store, step: int) -> dict[str, dict[str, torch.Tensor]] | None:

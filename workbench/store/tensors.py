@@ -10,11 +10,13 @@ import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from zarr.api.asynchronous import open_group
 from zarr.core.group import AsyncGroup
 
 from workbench.errors import CorruptData, IncompatibleCheckpoint, StepExists, StepNotFound
+from workbench.store import chunks
 from workbench.store.layout import STEP, TENSORS, Key, codecs_for, dims_for, encode_dtype, parse_name, to_numpy, to_torch
 
 # Errors zarr raises for chunk bytes that fail their checksum or cannot be decoded.
@@ -128,11 +130,8 @@ class TensorGroup:
             elif arr.shape[0] != n:
                 await arr.resize((n, *arr.shape[1:]))
             arrays[name] = arr
-        writes = [
-            arrays[name].setitem((idx, layer) if layer is not None else idx, to_numpy(t))
-            for name, entries in items.items() for layer, t in entries
-        ]
-        await asyncio.gather(*writes)
+        await asyncio.gather(*(self._write_tensor(arrays[name], (idx,) if layer is None else (idx, layer), to_numpy(t))
+                               for name, entries in items.items() for layer, t in entries))
         coord = await self.group.getitem(STEP)
         if coord.shape[0] != n:
             await coord.resize((n,))
@@ -140,27 +139,50 @@ class TensorGroup:
         if idx == len(self.steps):
             self.steps.append(step)
 
+    async def _write_tensor(self, arr, index: tuple[int, ...], tensor: np.ndarray) -> None:
+        if chunks.is_direct(arr):
+            await chunks.write(self.group.store, arr, index, tensor)
+        else:
+            await arr.setitem(index, tensor)
+
     async def read(self, step: int) -> dict[str, torch.Tensor]:
         """All tensors of `step`, under their HF names, in the stored dtype."""
         idx = self.index(step)
         arrays = await self.arrays()
-
-        async def one(name, arr):
-            try:
-                data = await arr.getitem(idx)
-            except DECODE_ERRORS as e:
-                raise CorruptData(f"{self.group.path}/{name}", step, str(e).splitlines()[0]) from e
-            return arr.attrs, data
-
+        stacked = await asyncio.gather(*(self.read_array(name, arr, step, idx) for name, arr in arrays.items()))
         out = {}
-        for attrs, data in await asyncio.gather(*(one(n, a) for n, a in arrays.items())):
-            t = to_torch(data, attrs["dtype"])
-            if "{layer}" in attrs["name"]:
-                out.update((attrs["name"].format(layer=i), x) for i, x in enumerate(t.unbind(0)))
+        for arr, data in zip(arrays.values(), stacked):
+            t = to_torch(data, arr.attrs["dtype"])
+            if "{layer}" in arr.attrs["name"]:
+                out.update((arr.attrs["name"].format(layer=i), x) for i, x in enumerate(t.unbind(0)))
             else:
-                out[attrs["name"]] = t
+                out[arr.attrs["name"]] = t
         return out
 
+    async def read_array(self, name: str, arr, step: int, idx: int) -> np.ndarray:
+        """One step of one stacked array ([layer, ...] or the tensor), decoded chunk by chunk into one buffer;
+        a chunk that fails its checksum raises `CorruptData` naming array, step and layer."""
+        path = f"{self.group.path}/{name}"
+        if not chunks.is_direct(arr):
+            try:
+                return await arr.getitem(idx)
+            except DECODE_ERRORS as e:
+                raise CorruptData(path, step, str(e).splitlines()[0]) from e
+        out = np.empty(arr.shape[1:], dtype=np.dtype(arr.dtype))
+        layered = "layer" in arr.metadata.dimension_names
+
+        async def one(index, view):
+            try:
+                await chunks.read_into(self.group.store, arr, index, view)
+            except DECODE_ERRORS as e:
+                where = f"layer {index[1]}: " if layered else ""
+                raise CorruptData(path, step, where + str(e).splitlines()[0]) from e
+
+        if layered:
+            await asyncio.gather(*(one((idx, layer), out[layer, ...]) for layer in range(out.shape[0])))
+        else:
+            await one((idx,), out)
+        return out
 
 def _check_compatible(have: dict[str, Spec], new: dict[str, Spec]) -> None:
     missing, extra = sorted(have.keys() - new.keys()), sorted(new.keys() - have.keys())

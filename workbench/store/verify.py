@@ -7,7 +7,6 @@ misplaced or foreign checkpoint, as found in public suites) is flagged from the 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import icechunk
@@ -15,8 +14,9 @@ import numpy as np
 import torch
 from zarr.core.sync import sync
 
-from workbench.store.layout import STEP, TENSORS, to_torch
-from workbench.store.tensors import DECODE_ERRORS
+from workbench.errors import CorruptData
+from workbench.store.layout import PARAMS, TENSORS, to_torch
+from workbench.store.tensors import TensorGroup
 
 JUMP_RATIO = 2.0  # flag t when min(d(a,t), d(t,b)) > JUMP_RATIO * d(a,b)
 
@@ -37,36 +37,33 @@ def verify(run, progress: bool = True) -> list[Problem]:
     """Every problem found in the run (an empty list for a healthy run)."""
     from tqdm.auto import tqdm
 
-    arrays = list(_stacked_arrays(run.root))
+    arrays = list(_stacked_arrays(run))
     problems: list[Problem] = []
     sq = {}  # (step_a, step_b) -> summed squared distance over all parameters
-    total = sum(arr.shape[0] for _, arr, _ in arrays)
+    total = sum(arr.shape[0] for _, _, arr in arrays)
     with tqdm(total=total, desc="verify", unit="chunk-row", disable=not progress) as bar:
-        for path, arr, steps in arrays:
-            order = np.argsort(steps, kind="stable")
-            window: list[tuple[int, torch.Tensor | None]] = []
-            for idx in order:
-                step = steps[idx]
-                data = _read_row(arr, path, int(idx), step, problems)
+        for group, name, arr in arrays:
+            path = f"{group.group.path}/{name}"
+            window: list[tuple[int, torch.Tensor]] = []
+            for idx in np.argsort(group.steps, kind="stable"):
+                step = group.steps[idx]
+                data = _read_row(group, name, arr, step, int(idx), problems)
                 bar.update(1)
-                if path.startswith("params/") and data is not None:
+                if group.group.path == PARAMS and data is not None:
                     window = (window + [(step, data)])[-3:]
                     for prev_step, prev in window[:-1]:
-                        if prev is not None:
-                            d = float(torch.sum((data - prev).double() ** 2))
-                            sq[(prev_step, step)] = sq.get((prev_step, step), 0.0) + d
+                        d = float(torch.sum((data - prev).double() ** 2))
+                        sq[(prev_step, step)] = sq.get((prev_step, step), 0.0) + d
     problems += _jumps(sorted(run.steps), sq)
     return problems
 
 
-def _stacked_arrays(root):
-    """(path, array, step of each index) for every stacked array of every tensor group."""
-    for group_path in _tensor_groups(root):
-        group = root[group_path]
-        steps = [int(s) for s in group[STEP][:]]
-        for name, arr in group.arrays():
-            if name != STEP:
-                yield f"{group_path}/{name}", arr, steps
+def _stacked_arrays(run):
+    """(tensor group, array name, array) for every stacked array of every tensor group of the run."""
+    for group_path in _tensor_groups(run.root):
+        group = sync(TensorGroup.open(run.store, group_path))
+        for name, arr in sync(group.arrays()).items():
+            yield group, name, arr
 
 
 def _tensor_groups(root, prefix: str = ""):
@@ -78,27 +75,18 @@ def _tensor_groups(root, prefix: str = ""):
             yield from _tensor_groups(group, path + "/")
 
 
-def _read_row(arr, path: str, idx: int, step: int, problems: list[Problem]) -> torch.Tensor | None:
-    """One step of one array, chunk by chunk so a bad chunk is named; float32 for distance sums."""
-    layered = "layer" in arr.metadata.dimension_names
-    keys = [(idx, layer) for layer in range(arr.shape[1])] if layered else [idx]
-
-    async def one(key):
-        try:
-            return await arr.async_array.getitem(key)
-        except DECODE_ERRORS + (icechunk.IcechunkError,) as e:
-            layer = f" layer {key[1]}" if layered else ""
-            problems.append(Problem("corrupt", path, step, f"chunk{layer} unreadable: {str(e).splitlines()[0]}"))
-            return None
-
-    async def gather():
-        return await asyncio.gather(*(one(k) for k in keys))
-
-    parts = sync(gather())
-    if any(p is None for p in parts):
+def _read_row(group, name: str, arr, step: int, idx: int, problems: list[Problem]) -> torch.Tensor | None:
+    """One step of one array as float32 (for distance sums), or None after recording why it is unusable."""
+    path = f"{group.group.path}/{name}"
+    try:
+        data = sync(group.read_array(name, arr, step, idx))
+    except CorruptData as e:
+        problems.append(Problem("corrupt", path, step, f"unreadable: {str(e).split(': ', 1)[-1]}"))
         return None
-    dtype = arr.attrs["dtype"]
-    tensor = torch.stack([to_torch(p, dtype) for p in parts]) if layered else to_torch(parts[0], dtype)
+    except icechunk.IcechunkError as e:
+        problems.append(Problem("corrupt", path, step, f"unreadable: {str(e).splitlines()[0]}"))
+        return None
+    tensor = to_torch(data, arr.attrs["dtype"])
     if not tensor.is_floating_point():
         return None
     bad = int((~torch.isfinite(tensor)).sum())

@@ -52,9 +52,7 @@ def create(location: str | os.PathLike, model_config: dict, tokenizer=None, trai
         "train_config": json.loads(json.dumps(train_config)) if train_config is not None else None,
     })
     if blob:
-        tok = root.create_array(f"{META}/tokenizer.json", shape=(len(blob),), chunks=(len(blob),), dtype="uint8",
-                                dimension_names=["byte"], attributes={"format": "HF tokenizers JSON, UTF-8"})
-        tok[:] = np.frombuffer(blob, dtype=np.uint8)
+        _write_tokenizer(root, blob)
     session.commit("create run", metadata={"model_type": model_config.get("model_type")})
     return RunWriter(location, _repo=repo)
 
@@ -101,6 +99,15 @@ class RunWriter:
 
         sync(stage())
         return self._commit(session, message, {})
+
+    def set_tokenizer(self, tokenizer) -> str:
+        """Attach (or replace) the run's tokenizer in a commit of its own."""
+        blob = _tokenizer_bytes(tokenizer)
+        if not blob:
+            raise UsageError("no tokenizer given")
+        with self.transaction("attach tokenizer") as session:
+            _write_tokenizer(zarr.open_group(session.store, mode="a"), blob)
+        return "meta/tokenizer.json"
 
     @contextmanager
     def transaction(self, message: str, metadata: dict | None = None) -> Iterator[icechunk.Session]:
@@ -166,6 +173,13 @@ def commit_lock(location: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_tokenizer(root: zarr.Group, blob: bytes) -> None:
+    tok = root.create_array(f"{META}/tokenizer.json", shape=(len(blob),), chunks=(len(blob),), dtype="uint8",
+                            dimension_names=["byte"], attributes={"format": "HF tokenizers JSON, UTF-8"},
+                            overwrite=True)
+    tok[:] = np.frombuffer(blob, dtype=np.uint8)
 
 
 def _tokenizer_bytes(tokenizer) -> bytes:

@@ -1,0 +1,282 @@
+"""Activations of any checkpoint under TransformerLens hook names: one function for every architecture.
+
+`capture(source, input_ids, names)` runs one forward pass and returns `(logits, {name: tensor})`. For the
+workbench's LLaMA (a run whose config the in-repo model implements, or a `training.model.Llama`) it runs the
+in-repo model with its `Capture`; for any other architecture (a run imported from HF folders, or a
+transformers model) it runs the transformers model with forward hooks, so the forward-pass analyses (loss,
+activations, lenses) work on GPT-NeoX, GPT-2 and OLMo trajectories as on ours.
+
+Hooks by architecture (`{l}` is the layer; `available_hooks(source)` lists them for one model):
+
+| hook | in-repo LLaMA | llama, mistral, qwen2, olmo, olmo2 | gpt2 | gpt_neox |
+|---|---|---|---|---|
+| `hook_embed` (token embedding) | yes | yes | yes | yes |
+| `hook_pos_embed` (learned positions) | - | - | yes | - |
+| `blocks.{l}.hook_resid_pre`, `blocks.{l}.hook_resid_post` | yes | yes | yes | yes |
+| `blocks.{l}.attn.hook_pattern` `[batch, head, query, key]` | yes | yes | yes | yes |
+| `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_mlp_out` | yes | yes | yes | yes |
+| `blocks.{l}.hook_resid_mid` | yes | yes | yes | sequential only (`use_parallel_residual=False`) |
+| `blocks.{l}.mlp.hook_post` (input of the MLP's output projection) | yes | yes | yes | yes |
+| `ln_final.hook_normalized` (final norm before its weight and bias) | yes | yes | yes | yes |
+
+Semantics follow TransformerLens: `hook_resid_pre` of layer 0 is the sum of the embeddings (token plus, for
+GPT-2, position); `hook_attn_out` and `hook_mlp_out` are what each sublayer adds to the residual stream (for
+OLMo 2, after its post-sublayer norm); `ln_final.hook_normalized` is `x / rms(x)` for RMSNorm models and
+`(x - mean) / std` for LayerNorm models. Patterns are taken from the attention weights that transformers
+returns with `output_attentions=True`, so the generic path switches a model to eager attention when asked for
+them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from workbench.errors import IncompatibleCheckpoint, UsageError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the TransformerLens hook points sit in one transformers architecture (dotted module paths)."""
+
+    layers: str  # the ModuleList of blocks
+    attn_out: str  # per block: the module whose output (first element) the block adds as attention output
+    mlp_out: str  # per block: the module whose output the block adds as MLP output
+    mlp_down: str  # per block: the MLP's output projection; its input is mlp.hook_post
+    final_norm: str
+    norm: str  # "rms" or "ln": how ln_final.hook_normalized is computed
+    pos_embed: str | None = None
+    parallel: str | None = None  # config flag that makes attention and MLP read the same residual
+
+
+_LLAMA_LIKE = Layout("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.norm", "rms")
+LAYOUTS: dict[str, Layout] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "olmo": Layout("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.norm", "ln"),
+    "olmo2": Layout("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "mlp.down_proj",
+                    "model.norm", "rms"),
+    "gpt2": Layout("transformer.h", "attn", "mlp", "mlp.c_proj", "transformer.ln_f", "ln", pos_embed="transformer.wpe"),
+    "gpt_neox": Layout("gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", "ln",
+                       parallel="use_parallel_residual"),
+}
+
+BLOCK_HOOKS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_resid_mid", "mlp.hook_post",
+               "hook_mlp_out", "hook_resid_post")
+
+
+def capture(source, input_ids: torch.Tensor, names: Iterable[str] | str = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass of `input_ids` `[batch, pos]`: logits `[batch, pos, vocab]` and the activations
+    named in `names` (TransformerLens hook names; a name with `{l}` stands for every layer).
+
+    `source` is a `Checkpoint`, a `training.model.Llama` or a transformers causal LM. A checkpoint is opened
+    for this one call (`checkpoint.model()` for the workbench's LLaMA, `checkpoint.to_hf()` otherwise); open
+    the model once and pass it when capturing many batches.
+    """
+    model = _model_of(source)
+    input_ids = torch.as_tensor(input_ids)
+    if input_ids.ndim == 1:
+        input_ids = input_ids[None]
+    if input_ids.ndim != 2:
+        raise UsageError(f"input_ids must be [batch, pos], got shape {list(input_ids.shape)}")
+    available = available_hooks(model)
+    wanted = _expand([names] if isinstance(names, str) else list(names), available, _n_layers(model))
+    input_ids = input_ids.to(_device_of(model))
+    with torch.no_grad():
+        if _is_llama(model):
+            from training.model import Capture
+
+            cap = Capture(wanted)
+            logits = model(input_ids, capture=cap)
+            return logits, {n: cap.cache[n] for n in wanted}
+        return _hf_capture(model, input_ids, wanted)
+
+
+def available_hooks(source) -> list[str]:
+    """The hook names `capture` can return for `source` (a checkpoint or a model), with `{l}` for every layer."""
+    model = source if _is_model(source) else None
+    if model is None:
+        return _available_for_config(source.run.model_config)
+    if _is_llama(model):
+        from training.model import HOOKS
+
+        return list(HOOKS)
+    return _available_for_layout(_layout(model.config.model_type), model.config)
+
+
+def _available_for_config(config: dict) -> list[str]:
+    from workbench.models.views import hf_config, llama_unsupported
+
+    if llama_unsupported(config) is None:
+        from training.model import HOOKS
+
+        return list(HOOKS)
+    return _available_for_layout(_layout(config.get("model_type")), hf_config(config))
+
+
+def _available_for_layout(layout: Layout, config) -> list[str]:
+    names = ["hook_embed"] + (["hook_pos_embed"] if layout.pos_embed else [])
+    parallel = bool(layout.parallel and getattr(config, layout.parallel, False))
+    names += [f"blocks.{{l}}.{h}" for h in BLOCK_HOOKS if not (parallel and h == "hook_resid_mid")]
+    return names + ["ln_final.hook_normalized"]
+
+
+def _layout(model_type: str | None) -> Layout:
+    if model_type not in LAYOUTS:
+        raise IncompatibleCheckpoint(f"no activation capture for model_type {model_type!r}; supported: "
+                                     f"{', '.join(sorted(LAYOUTS))} (plus the in-repo LLaMA)")
+    return LAYOUTS[model_type]
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+
+def _is_llama(model) -> bool:
+    from training.model import Llama
+
+    return isinstance(model, Llama)
+
+
+def _is_model(source) -> bool:
+    return isinstance(source, torch.nn.Module)
+
+
+def _model_of(source):
+    if _is_model(source):
+        if _is_llama(source):
+            return source.eval()
+        if not hasattr(source, "config") or not hasattr(source.config, "model_type"):
+            raise UsageError(f"capture takes a Checkpoint, a training.model.Llama or a transformers model, "
+                             f"not {type(source).__name__}")
+        return source.eval()
+    from workbench.store.run import Checkpoint
+    from workbench.models.views import llama_unsupported
+
+    if not isinstance(source, Checkpoint):
+        raise UsageError(f"capture takes a Checkpoint, a training.model.Llama or a transformers model, "
+                         f"not {type(source).__name__}")
+    if llama_unsupported(source.run.model_config) is None:
+        return source.model()
+    _layout(source.run.model_config.get("model_type"))  # fail before reading any tensor
+    return source.to_hf()
+
+
+def _n_layers(model) -> int:
+    if _is_llama(model):
+        return model.config.num_hidden_layers
+    return len(_module(model, _layout(model.config.model_type).layers))
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _expand(names: list[str], available: list[str], n_layers: int) -> list[str]:
+    """Hook names with `{l}` expanded to every layer, each checked against what the model offers."""
+    out: list[str] = []
+    for name in names:
+        template = re.sub(r"^blocks\.(\d+)\.", "blocks.{l}.", name)
+        if template not in available:
+            raise UsageError(f"no hook {name!r} for this model; available: {', '.join(available)}")
+        if template == name and "{l}" in name:
+            out += [name.format(l=l) for l in range(n_layers)]
+        else:
+            m = re.match(r"^blocks\.(\d+)\.", name)
+            if m and int(m[1]) >= n_layers:
+                raise UsageError(f"{name!r}: layer {m[1]} out of range, the model has {n_layers} layers")
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------------------------------------- generic path
+
+def _module(model, path: str) -> torch.nn.Module:
+    return model.get_submodule(path)
+
+
+def _first(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def _hf_capture(model, input_ids: torch.Tensor, wanted: list[str]):
+    layout = _layout(model.config.model_type)
+    needed = set(wanted)
+    for name in wanted:  # resid_mid = resid_pre + attn_out, formed after the pass
+        if name.endswith("hook_resid_mid"):
+            needed |= {name.replace("hook_resid_mid", "hook_resid_pre"), name.replace("hook_resid_mid", "hook_attn_out")}
+    cache: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, x: torch.Tensor) -> None:
+        if name in needed:
+            cache[name] = x.detach()
+
+    def hook(module: torch.nn.Module, name: str, get, pre: bool = False) -> None:
+        if name in needed:
+            if pre:
+                handles.append(module.register_forward_pre_hook(
+                    lambda m, args, kwargs: keep(name, get(args, kwargs)), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(lambda m, args, out: keep(name, get(out))))
+
+    handles: list = []
+    patterns = any(n.endswith("attn.hook_pattern") for n in needed)
+    restore = _eager(model) if patterns else None
+    try:
+        hook(model.get_input_embeddings(), "hook_embed", _first)
+        if layout.pos_embed:
+            hook(_module(model, layout.pos_embed), "hook_pos_embed", _first)
+        for l, block in enumerate(_module(model, layout.layers)):
+            p = f"blocks.{l}."
+            hook(block, p + "hook_resid_pre", _hidden_arg, pre=True)  # [batch, pos, d_model]
+            hook(block, p + "hook_resid_post", _first)
+            hook(block.get_submodule(layout.attn_out), p + "hook_attn_out", _first)
+            hook(block.get_submodule(layout.mlp_out), p + "hook_mlp_out", _first)
+            hook(block.get_submodule(layout.mlp_down), p + "mlp.hook_post", _hidden_arg, pre=True)  # [batch, pos, d_mlp]
+        final = _module(model, layout.final_norm)
+        eps = _eps(final)
+        hook(final, "ln_final.hook_normalized", lambda args, kwargs: _normalize(_hidden_arg(args, kwargs), layout.norm, eps),
+             pre=True)
+        out = model(input_ids=input_ids, output_attentions=patterns, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        if restore is not None:
+            model.set_attn_implementation(restore)
+    if patterns:
+        for l, pattern in enumerate(out.attentions):  # [batch, head, query_pos, key_pos]
+            keep(f"blocks.{l}.attn.hook_pattern", pattern)
+    for name in wanted:
+        if name.endswith("hook_resid_mid"):
+            cache[name] = cache[name.replace("hook_resid_mid", "hook_resid_pre")] + \
+                cache[name.replace("hook_resid_mid", "hook_attn_out")]
+    return out.logits, {name: cache[name] for name in wanted}
+
+
+def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else next(iter(kwargs.values())) if len(kwargs) == 1 else kwargs["hidden_states"]
+
+
+def _eps(norm: torch.nn.Module) -> float:
+    for attr in ("variance_epsilon", "eps", "epsilon"):
+        if isinstance(getattr(norm, attr, None), (int, float)):
+            return float(getattr(norm, attr))
+    return 1e-5  # OLMo's parameter-free LayerNorm hard-codes it
+
+
+def _normalize(x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
+    x32 = x.float()  # [batch, pos, d_model]
+    if kind == "ln":
+        x32 = x32 - x32.mean(-1, keepdim=True)
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _eager(model) -> str | None:
+    """Switch `model` to eager attention (patterns need it); returns the implementation to restore, if any."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if current in (None, "eager"):
+        return None
+    model.set_attn_implementation("eager")
+    return current
