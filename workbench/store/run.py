@@ -12,11 +12,11 @@ import zarr
 from zarr.errors import GroupNotFoundError
 from zarr.core.sync import sync
 
-from workbench.errors import CorruptData, RunNotFound, StepNotFound, UsageError
+from workbench.errors import RunNotFound, StepNotFound, UsageError
 from workbench.store.layout import DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, bf16_to_float32, parse_name, template_to_array
 from workbench.store.storage import open_repository
 from workbench.store.tables import read as read_table
-from workbench.store.tensors import DECODE_ERRORS, TensorGroup
+from workbench.store.tensors import TensorGroup
 
 
 class Run:
@@ -181,7 +181,8 @@ class Run:
         steps = np.asarray(self._params.steps, dtype=np.int64)
         # One dask block per step (all layers): a block's chunks are fetched concurrently, and a corrupt chunk
         # fails only its own step.
-        data = da.from_array(_Checked(arr, steps), chunks=(1, *arr.shape[1:]), asarray=True, lock=False, fancy=False)
+        data = da.from_array(_StepReader(self._params, arr), chunks=(1, *arr.shape[1:]), asarray=True, lock=False,
+                             fancy=False)
         dtype = arr.attrs["dtype"]
         if dtype == "bfloat16":
             data = data.map_blocks(bf16_to_float32, dtype=np.float32)
@@ -219,20 +220,21 @@ class Run:
         return load_results(self, name)
 
 
-class _Checked:
-    """A stacked array as dask reads it, with decode failures raised as `CorruptData` naming array and step."""
+class _StepReader:
+    """A stacked array as dask reads it, one step per block, through the tensor group's direct chunk decoding
+    (a corrupt chunk raises `CorruptData` naming array, step and layer)."""
 
-    def __init__(self, arr: zarr.Array, steps: np.ndarray):
-        self.arr, self.steps = arr, steps
+    def __init__(self, group: TensorGroup, arr: zarr.Array):
+        self.group, self.arr = group, arr
         self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
 
     def __getitem__(self, key):
-        try:
-            return self.arr[key]
-        except DECODE_ERRORS as e:
-            first = key[0] if isinstance(key, tuple) else key
-            index = first.start or 0 if isinstance(first, slice) else int(first)
-            raise CorruptData(self.arr.path, int(self.steps[index]), str(e).splitlines()[0]) from e
+        key = key if isinstance(key, tuple) else (key,)
+        steps = range(*key[0].indices(self.shape[0])) if isinstance(key[0], slice) else [int(key[0])]
+        name = self.arr.path.rsplit("/", 1)[-1]
+        rows = [sync(self.group.read_array(name, self.arr.async_array, self.group.steps[i], i)) for i in steps]
+        block = np.stack(rows) if rows else np.empty((0, *self.shape[1:]), self.dtype)
+        return block[(slice(None), *key[1:])] if isinstance(key[0], slice) else block[0][key[1:]]
 
 
 class Checkpoint:
