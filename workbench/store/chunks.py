@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-import google_crc32c
+import crc32c
 import numpy as np
 from numcodecs import Blosc
 from zarr.core.buffer import default_buffer_prototype
@@ -33,13 +33,15 @@ def _blosc(itemsize: int) -> Blosc:
 def encode(tensor: np.ndarray) -> bytes:
     """One chunk's bytes: blosc-compressed little-endian tensor, then its crc32c (little-endian)."""
     body = _blosc(tensor.dtype.itemsize).encode(np.ascontiguousarray(tensor))
-    return bytes(body) + np.uint32(google_crc32c.value(body)).tobytes()
+    return bytes(body) + np.uint32(crc32c.crc32c(body)).tobytes()
 
 
-def decode_into(data: bytes, out: np.ndarray) -> None:
-    """Check a chunk's crc32c and decompress it into `out` (contiguous, the tensor's dtype and shape)."""
-    body, stored = data[:-4], data[-4:]
-    if np.uint32(google_crc32c.value(body)).tobytes() != stored:
+def decode_into(data, out: np.ndarray) -> None:
+    """Check a chunk's crc32c and decompress it into `out` (contiguous, the tensor's dtype and shape).
+    `data` is any bytes-like object; it is read in place, never copied."""
+    view = memoryview(data).cast("B")
+    body, stored = view[:-4], bytes(view[-4:])
+    if np.uint32(crc32c.crc32c(body)).tobytes() != stored:
         raise ChecksumMismatch("stored and computed crc32c do not match")
     _blosc(out.dtype.itemsize).decode(body, out=out.reshape(-1).view(np.uint8))
 
@@ -81,4 +83,4 @@ async def read_into(store, arr, index: tuple[int, ...], out: np.ndarray) -> None
     if buf is None:
         out[...] = arr.metadata.fill_value
         return
-    await asyncio.to_thread(decode_into, buf.to_bytes(), out)
+    await asyncio.to_thread(decode_into, buf.as_numpy_array(), out)

@@ -227,14 +227,20 @@ class _StepReader:
     def __init__(self, group: TensorGroup, arr: zarr.Array):
         self.group, self.arr = group, arr
         self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+        self.layered = "layer" in arr.metadata.dimension_names
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
         steps = range(*key[0].indices(self.shape[0])) if isinstance(key[0], slice) else [int(key[0])]
         name = self.arr.path.rsplit("/", 1)[-1]
-        rows = [sync(self.group.read_array(name, self.arr.async_array, self.group.steps[i], i)) for i in steps]
-        block = np.stack(rows) if rows else np.empty((0, *self.shape[1:]), self.dtype)
-        return block[(slice(None), *key[1:])] if isinstance(key[0], slice) else block[0][key[1:]]
+        rest = key[1:]
+        layers = slice(None)
+        if self.layered and rest:  # read only the layers asked for (a one-layer trajectory reads one chunk)
+            layers = rest[0] if isinstance(rest[0], slice) else slice(int(rest[0]), int(rest[0]) + 1)
+            rest = (slice(None) if isinstance(rest[0], slice) else 0, *rest[1:])
+        rows = [sync(self.group.read_array(name, self.arr.async_array, self.group.steps[i], i, layers)) for i in steps]
+        block = np.stack(rows)
+        return block[(slice(None), *rest)] if isinstance(key[0], slice) else block[0][rest]
 
 
 class Checkpoint:

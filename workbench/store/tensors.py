@@ -159,17 +159,19 @@ class TensorGroup:
                 out[arr.attrs["name"]] = t
         return out
 
-    async def read_array(self, name: str, arr, step: int, idx: int) -> np.ndarray:
-        """One step of one stacked array ([layer, ...] or the tensor), decoded chunk by chunk into one buffer;
-        a chunk that fails its checksum raises `CorruptData` naming array, step and layer."""
+    async def read_array(self, name: str, arr, step: int, idx: int, layers: slice = slice(None)) -> np.ndarray:
+        """One step of one stacked array ([layer, ...] for `layers` of a stacked array, else the tensor),
+        decoded chunk by chunk into one buffer; a chunk that fails its checksum raises `CorruptData` naming
+        array, step and layer."""
         path = f"{self.group.path}/{name}"
+        layered = "layer" in arr.metadata.dimension_names
         if not chunks.is_direct(arr):
             try:
-                return await arr.getitem(idx)
+                return await arr.getitem((idx, layers) if layered else idx)
             except DECODE_ERRORS as e:
                 raise CorruptData(path, step, str(e).splitlines()[0]) from e
-        out = np.empty(arr.shape[1:], dtype=np.dtype(arr.dtype))
-        layered = "layer" in arr.metadata.dimension_names
+        wanted = range(*layers.indices(arr.shape[1])) if layered else range(0)
+        out = np.empty((len(wanted), *arr.shape[2:]) if layered else arr.shape[1:], dtype=np.dtype(arr.dtype))
 
         async def one(index, view):
             try:
@@ -179,7 +181,7 @@ class TensorGroup:
                 raise CorruptData(path, step, where + str(e).splitlines()[0]) from e
 
         if layered:
-            await asyncio.gather(*(one((idx, layer), out[layer, ...]) for layer in range(out.shape[0])))
+            await asyncio.gather(*(one((idx, layer), out[i, ...]) for i, layer in enumerate(wanted)))
         else:
             await one((idx,), out)
         return out
