@@ -192,5 +192,60 @@ def tokenizer_stats(run: RunArg):
     for domain, cpt in chars_per_token(r.tokenizer, run_documents(r)).items():
         typer.echo(f"{domain:>8}  {cpt:.2f} characters/token")
 
+
+@app.command("analyze")
+@expected_errors
+def analyze_cmd(
+    run: RunArg,
+    only: Annotated[Optional[str], typer.Option("--only", help="analyses to run, comma-separated (default: all)")] = None,
+    steps: Annotated[Optional[str], typer.Option(help="start:stop:stride over step values (0:20000:1000) or a list (0,1000)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="local worker processes (default: cores and memory allow; 0: no Dask)")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="address of an existing dask.distributed scheduler")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="evaluation set of forward analyses: .txt, .jsonl or .parquet of text")] = None,
+    device: Annotated[str, typer.Option(help="forward passes on auto, cpu or cuda")] = "auto",
+    recompute: Annotated[bool, typer.Option("--recompute", help="replace stored results instead of skipping them")] = False,
+    commit_every: Annotated[int, typer.Option("--commit-every", help="commit after this many finished tasks (or 10 s)")] = 16,
+):
+    """Compute analyses at every (chosen) checkpoint with Dask; store them under results/ of the run. Resumable."""
+    from workbench.analysis import analyze as run_analyses
+
+    done = run_analyses(run, only, steps, workers=workers, scheduler=scheduler, progress=sys.stderr.isatty(),
+                        eval_data=eval_data, device=device, recompute=recompute, commit_every=commit_every)
+    for name, computed in done.items():
+        what = f": {_steps_text(computed)}" if computed else " (all were stored already)"
+        typer.echo(f"{name}: computed {len(computed)} step(s){what}")
+
+
+@app.command("results")
+@expected_errors
+def results_cmd(
+    run: RunArg,
+    name: Annotated[Optional[str], typer.Argument(help="analysis (default: list the stored ones)")] = None,
+    step: Annotated[Optional[int], typer.Option(help="show every row of one step instead of per-step means")] = None,
+):
+    """Stored analysis results: the list, a per-step summary of one, or one step in full."""
+    import pandas as pd
+
+    import workbench
+    from workbench.analysis import Analysis, registry, stored
+    from workbench.errors import StepNotFound
+
+    r = workbench.open(run)
+    if name is None:
+        found = stored(r)
+        if not found:
+            typer.echo(f"no results stored in {run}; compute them with `wb analyze {run}`")
+        for n, info in found.items():
+            params = json.dumps(info["analysis"].get("params", {}), sort_keys=True)
+            typer.echo(f"{n:<16} {len(info['steps']):>6} step(s): {_steps_text(info['steps'])}  params {params}")
+        return
+    ds = r.results(name)
+    have = [int(s) for s in ds["step"].values]
+    if step is not None and step not in have:
+        raise StepNotFound(step, have, f"{name} results")
+    table = registry().get(name, Analysis).summary(ds, step)
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250):
+        typer.echo(table.to_string(float_format=lambda v: f"{v:.4g}"))
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,121 @@
+"""The evaluation set of forward-pass analyses: the run's held-out documents, or a file given with
+`--eval-data FILE`.
+
+The driver loads it once and ships it to every worker (Dask scatter), so a file need not be readable by
+the workers. Its fingerprint is stored with the results: a re-run on another evaluation set must recompute.
+
+File formats (one document per record):
+- `.jsonl`: a JSON object per line with `text`, optional `domain` and `document_id`;
+- `.txt`: one document per non-empty line;
+- `.parquet`: a row per document, column `text`, optional `domain` and `document_id`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from workbench.errors import UsageError
+
+if TYPE_CHECKING:
+    from workbench.analysis.engine import Analysis
+    from workbench.store.run import Run
+
+FORMATS = ".txt, .jsonl or .parquet of text"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    texts: tuple[str, ...]
+    domains: tuple[str, ...]
+    document_ids: tuple[int, ...]
+    source: str  # "run" (held-out split of the stored corpus) or the file's path
+    _tokens: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for i, d, t in zip(self.document_ids, self.domains, self.texts):
+            h.update(json.dumps([i, d, t], ensure_ascii=False).encode())
+        return h.hexdigest()[:16]
+
+    def token_ids(self, tokenizer) -> list[list[int]]:
+        """Each document's token ids (no special tokens), computed once per process."""
+        key = id(tokenizer)
+        if key not in self._tokens:
+            self._tokens[key] = [e.ids for e in tokenizer.encode_batch(list(self.texts), add_special_tokens=False)]
+        return self._tokens[key]
+
+
+def heldout(run: "Run") -> EvalSet | None:
+    """The held-out documents of a trained run, None when the run stores no corpus or no split."""
+    df = run.table("data/documents")
+    if df is None or "split" not in df:
+        return None
+    df = df[df["split"] == "heldout"]
+    if df.empty:
+        return None
+    return EvalSet(tuple(df["text"]), tuple(df["domain"]) if "domain" in df else ("all",) * len(df),
+                   tuple(int(i) for i in df["document_id"]), "run")
+
+
+def load_file(path: str | os.PathLike) -> EvalSet:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"evaluation set {p} not found (give a {FORMATS} file)")
+    suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        records = []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise UsageError(f"{p}:{n}: not a JSON object") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise UsageError(f"{p}:{n}: expected a JSON object with a string 'text'")
+            records.append(rec)
+    elif suffix == ".txt":
+        records = [{"text": line} for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif suffix == ".parquet":
+        import pandas as pd
+
+        df = pd.read_parquet(p)
+        if "text" not in df:
+            raise UsageError(f"{p} has no 'text' column")
+        records = df.to_dict("records")
+    else:
+        raise UsageError(f"evaluation set {p}: unknown format {suffix!r}; give a {FORMATS} file")
+    if not records:
+        raise UsageError(f"evaluation set {p} holds no documents")
+    return EvalSet(tuple(str(r["text"]) for r in records), tuple(str(r.get("domain") or "all") for r in records),
+                   tuple(int(r.get("document_id", i)) for i, r in enumerate(records)), str(p))
+
+
+def resolve(run: "Run", analyses: list["Analysis"], eval_data: str | os.PathLike | None) -> EvalSet | None:
+    """The evaluation set of the forward analyses among `analyses` (None when there are none), or a
+    `UsageError` that says what the run lacks and how to supply it."""
+    forward = [a.name for a in analyses if a.kind == "forward"]
+    if not forward:
+        return None
+    eval_set = load_file(eval_data) if eval_data is not None else heldout(run)
+    missing, how = [], []
+    if run.tokenizer is None:
+        missing.append("tokenizer")
+        how.append("store one with `wb import hf ... --tokenizer DIR`")
+    if eval_set is None:
+        missing.append("evaluation set")
+        how.append(f"give one with `--eval-data FILE` ({FORMATS})")
+    if missing:
+        needs = "needs" if len(forward) == 1 else "need"
+        raise UsageError(f"{', '.join(forward)} {needs} a forward pass, but {run.location} has no "
+                         f"{' and no '.join(missing)} (an imported run?): {'; '.join(how)}")
+    return eval_set
