@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     from workbench.store.run import Run
 
 COMMIT_EVERY = 16
-log = logging.getLogger(__name__)
 COMMIT_INTERVAL = 10.0
 _THREADS_SET = False
+log = logging.getLogger(__name__)
 
 
 def analyze(run: "Run | str", names=None, steps=None, *, workers: int | None = None, scheduler: str | None = None,
@@ -119,14 +119,15 @@ def run_task(analysis: Analysis, location: str, step: int, steps: tuple[int, ...
 
         torch.set_num_threads(threads)
         _THREADS_SET = True
-    need = tuple(s for s in (step, steps[0]) if s is not None)
-    run = engine.open_run(location, need)
+    run = engine.open_run(location, steps)  # re-opened when the driver saw steps this process has not
     ctx = engine.StepContext(run, step, steps, device=device, eval_set=eval_set)
     return engine.finalize(analysis, analysis.compute(ctx), step)
 
 
 def _run_here(run, todo, eval_set, device, committer, failures, bar) -> None:
-    dev = "cuda" if device == "cuda" else "cpu"
+    import torch
+
+    dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     steps = tuple(run.steps)
     for a, s in todo:
         try:
