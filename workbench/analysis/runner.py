@@ -166,11 +166,16 @@ def _run_dask(run, todo, eval_set, device, workers, scheduler, retries, committe
             except TimeoutError:
                 done = set()
             for f in done:
+                if f.status not in ("finished", "error", "cancelled"):
+                    pending.add(f)  # "lost": its result was held by a worker that died; the scheduler recomputes it
+                    continue
                 a, s = futures.pop(f)
                 if f.status == "finished":
                     committer.add(a, f.result())
-                else:
+                elif f.status == "error":
                     failures.append((a.name, s, f.exception()))
+                else:
+                    failures.append((a.name, s, RuntimeError("cancelled by the scheduler")))
                 f.release()
                 bar.update(1)
             if committer.due():
