@@ -21,7 +21,7 @@ from training.kernels import get_ops
 
 
 HOOKS = ("hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.attn.hook_pattern", "blocks.{l}.hook_attn_out",
-         "blocks.{l}.hook_resid_mid", "blocks.{l}.mlp.hook_post", "blocks.{l}.hook_mlp_out",
+         "blocks.{l}.hook_resid_mid", "blocks.{l}.mlp.hook_pre", "blocks.{l}.mlp.hook_post", "blocks.{l}.hook_mlp_out",
          "blocks.{l}.hook_resid_post", "ln_final.hook_normalized")
 
 
@@ -133,7 +133,9 @@ class Block(nn.Module):
         x = x + attn_out
         capture(f"{prefix}.hook_resid_mid", x)
         mlp = self.mlp
-        post = ops.swiglu(mlp.gate_proj(h := self.post_attention_layernorm(x, ops)), mlp.up_proj(h))  # [batch, pos, d_mlp]
+        gate = mlp.gate_proj(h := self.post_attention_layernorm(x, ops))  # [batch, pos, d_mlp]
+        capture(f"{prefix}.mlp.hook_pre", gate)  # the activation function's input, as TransformerLens's gated MLPs
+        post = ops.swiglu(gate, mlp.up_proj(h))
         capture(f"{prefix}.mlp.hook_post", post)
         mlp_out = mlp.down_proj(post)
         capture(f"{prefix}.hook_mlp_out", mlp_out)

@@ -29,9 +29,11 @@ def close(a, b, tol=1e-5):
 def test_capture_matches_transformers():
     hf, ours = models()
     ids = torch.randint(0, CFG.vocab_size, (2, 19))
-    mlp_inputs = {}
+    mlp_inputs, act_inputs = {}, {}
     handles = [layer.mlp.down_proj.register_forward_hook(lambda m, inp, out, i=i: mlp_inputs.__setitem__(i, inp[0]))
                for i, layer in enumerate(hf.model.layers)]
+    handles += [layer.mlp.act_fn.register_forward_hook(lambda m, inp, out, i=i: act_inputs.__setitem__(i, inp[0]))
+                for i, layer in enumerate(hf.model.layers)]
     with torch.no_grad():
         out = hf(ids, output_hidden_states=True, output_attentions=True)
         capture = Capture(set(ALL))
@@ -45,6 +47,7 @@ def test_capture_matches_transformers():
         assert close(cache[f"blocks.{l}.hook_resid_pre"], out.hidden_states[l])
         assert close(cache[f"blocks.{l}.attn.hook_pattern"], out.attentions[l])
         assert close(cache[f"blocks.{l}.mlp.hook_post"], mlp_inputs[l])
+        assert close(cache[f"blocks.{l}.mlp.hook_pre"], act_inputs[l])
         assert close(cache[f"blocks.{l}.hook_resid_mid"],
                      cache[f"blocks.{l}.hook_resid_pre"] + cache[f"blocks.{l}.hook_attn_out"])
         assert close(cache[f"blocks.{l}.hook_resid_post"],

@@ -111,12 +111,13 @@ def test_views_read_the_run_not_the_library_defaults(llama_run):
 def test_transformer_lens_cache_equals_workbench_capture(llama_run, ids):
     ckpt = llama_run.checkpoint(1000)
     names = ["blocks.{l}.hook_resid_pre", "blocks.{l}.hook_resid_post", "blocks.{l}.attn.hook_pattern",
-             "blocks.{l}.hook_attn_out", "blocks.{l}.mlp.hook_post", "ln_final.hook_normalized", "hook_embed"]
+             "blocks.{l}.hook_attn_out", "blocks.{l}.mlp.hook_pre", "blocks.{l}.mlp.hook_post",
+             "ln_final.hook_normalized", "hook_embed"]
     logits, ours = capture(ckpt, ids, names)  # the in-repo model
     hf_logits, generic = capture(ckpt.to_hf(), ids, names)  # the transformers path
     with torch.no_grad():
         tl_logits, cache = ckpt.to_hooked_transformer().run_with_cache(ids)
-    assert set(ours) == set(generic) and len(ours) == 5 * LLAMA["num_hidden_layers"] + 2
+    assert set(ours) == set(generic) and len(ours) == 6 * LLAMA["num_hidden_layers"] + 2
     assert maxdiff(logits, hf_logits) <= TOL and maxdiff(logits, tl_logits) <= TOL
     for name in ours:
         assert maxdiff(ours[name], cache[name]) <= ACT_TOL, name

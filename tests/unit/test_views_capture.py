@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from workbench.models.capture import LAYOUTS, available_hooks, capture
+from workbench.models.capture import LAYOUTS, available_hooks, capture, unembed
 
 TOL = 1e-5
 COMMON = dict(vocab_size=64, max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=None)
@@ -82,6 +82,14 @@ def test_hooks_add_up_on_every_layout(case):
         assert close(pattern.sum(-1), torch.ones(2, pattern.shape[1], 11))
         assert pattern.triu(1).abs().max() == 0  # causal
         assert acts[f"blocks.{l}.mlp.hook_post"].shape[-1] in (48, 128)  # d_mlp (GPT-2: 4 * n_embd)
+        act = model.get_submodule(f"{LAYOUTS[config.model_type].layers}.{l}.{LAYOUTS[config.model_type].mlp_act}")
+        if config.model_type in ("gpt2", "gpt_neox"):  # not gated: the activation of hook_pre is hook_post
+            assert close(act(acts[f"blocks.{l}.mlp.hook_pre"]), acts[f"blocks.{l}.mlp.hook_post"])
+    # the logit lens of the last block's output is the model's own logits
+    assert close(unembed(model, acts[f"blocks.{n - 1}.hook_resid_post"]), out.logits)
+    streamed = {}
+    capture(model, ids, hooks, fn=lambda name, x: streamed.__setitem__(name, x))
+    assert set(streamed) == set(acts) and all(torch.equal(streamed[k], acts[k]) for k in acts)
     # the final norm applied to hook_normalized: its weight (and bias) give transformers' last hidden state
     final = model.get_submodule(LAYOUTS[config.model_type].final_norm)
     normed = acts["ln_final.hook_normalized"]

@@ -30,7 +30,8 @@ from workbench.analysis.runner import analyze
 from workbench.analysis.steps import parse as parse_steps
 from workbench.analysis.steps import select as select_steps
 
-BUILTIN = ("workbench.analysis.weights",)
+BUILTIN = tuple(f"workbench.analysis.{m}" for m in ("weights", "loss", "activations", "lens", "similarity",
+                                                    "memorization"))
 
 for _module in BUILTIN:
     importlib.import_module(_module)

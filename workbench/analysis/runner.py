@@ -74,8 +74,17 @@ def analyze(run: "Run | str", names=None, steps=None, *, workers: int | None = N
         log.warning(f"skipping {', '.join(skipped)}: {e}")
         analyses = [a for a in analyses if a.kind != "forward"]
         eval_set = None
+    usable = []
     for a in analyses:
-        a.check(run, eval_set)
+        try:
+            a.check(run, eval_set)
+        except UsageError as e:
+            if names:
+                raise
+            log.warning(f"skipping {a.name}: {e}")
+        else:
+            usable.append(a)
+    analyses = usable
     todo: list[tuple[Analysis, int]] = []
     for a in analyses:
         have = set() if recompute else set(results.check_compatible(run, a, eval_set))

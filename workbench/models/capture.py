@@ -16,6 +16,7 @@ Hooks by architecture (`{l}` is the layer; `available_hooks(source)` lists them 
 | `blocks.{l}.attn.hook_pattern` `[batch, head, query, key]` | yes | yes | yes | yes |
 | `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_mlp_out` | yes | yes | yes | yes |
 | `blocks.{l}.hook_resid_mid` | yes | yes | yes | sequential only (`use_parallel_residual=False`) |
+| `blocks.{l}.mlp.hook_pre` (input of the activation function; the gate for gated MLPs) | yes | yes | yes | yes |
 | `blocks.{l}.mlp.hook_post` (input of the MLP's output projection) | yes | yes | yes | yes |
 | `ln_final.hook_normalized` (final norm before its weight and bias) | yes | yes | yes | yes |
 
@@ -25,6 +26,9 @@ OLMo 2, after its post-sublayer norm); `ln_final.hook_normalized` is `x / rms(x)
 `(x - mean) / std` for LayerNorm models. Patterns are taken from the attention weights that transformers
 returns with `output_attentions=True`, so the generic path switches a model to eager attention when asked for
 them.
+
+With `fn`, each activation is handed to `fn(name, tensor)` as the pass produces it and nothing is kept: the
+way to feed running statistics without holding a whole model's activations (`workbench.analysis`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Layout:
     layers: str  # the ModuleList of blocks
     attn_out: str  # per block: the module whose output (first element) the block adds as attention output
     mlp_out: str  # per block: the module whose output the block adds as MLP output
+    mlp_act: str  # per block: the MLP's activation function module; its input is mlp.hook_pre
     mlp_down: str  # per block: the MLP's output projection; its input is mlp.hook_post
     final_norm: str
     norm: str  # "rms" or "ln": how ln_final.hook_normalized is computed
@@ -52,26 +57,29 @@ class Layout:
     parallel: str | None = None  # config flag that makes attention and MLP read the same residual
 
 
-_LLAMA_LIKE = Layout("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.norm", "rms")
+_LLAMA_LIKE = Layout("model.layers", "self_attn", "mlp", "mlp.act_fn", "mlp.down_proj", "model.norm", "rms")
 LAYOUTS: dict[str, Layout] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
-    "olmo": Layout("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.norm", "ln"),
-    "olmo2": Layout("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "mlp.down_proj",
-                    "model.norm", "rms"),
-    "gpt2": Layout("transformer.h", "attn", "mlp", "mlp.c_proj", "transformer.ln_f", "ln", pos_embed="transformer.wpe"),
-    "gpt_neox": Layout("gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", "ln",
-                       parallel="use_parallel_residual"),
+    "olmo": Layout("model.layers", "self_attn", "mlp", "mlp.act_fn", "mlp.down_proj", "model.norm", "ln"),
+    "olmo2": Layout("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "mlp.act_fn",
+                    "mlp.down_proj", "model.norm", "rms"),
+    "gpt2": Layout("transformer.h", "attn", "mlp", "mlp.act", "mlp.c_proj", "transformer.ln_f", "ln",
+                   pos_embed="transformer.wpe"),
+    "gpt_neox": Layout("gpt_neox.layers", "attention", "mlp", "mlp.act", "mlp.dense_4h_to_h",
+                       "gpt_neox.final_layer_norm", "ln", parallel="use_parallel_residual"),
 }
 
-BLOCK_HOOKS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_resid_mid", "mlp.hook_post",
+BLOCK_HOOKS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post",
                "hook_mlp_out", "hook_resid_post")
 
 
-def capture(source, input_ids: torch.Tensor, names: Iterable[str] | str = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def capture(source, input_ids: torch.Tensor, names: Iterable[str] | str = (), fn=None
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward pass of `input_ids` `[batch, pos]`: logits `[batch, pos, vocab]` and the activations
-    named in `names` (TransformerLens hook names; a name with `{l}` stands for every layer).
+    named in `names` (TransformerLens hook names; a name with `{l}` stands for every layer). With `fn`, the
+    activations go to `fn(name, tensor)` instead and the dict comes back empty.
 
     `source` is a `Checkpoint`, a `training.model.Llama` or a transformers causal LM. A checkpoint is opened
     for this one call (`checkpoint.model()` for the workbench's LLaMA, `checkpoint.to_hf()` otherwise); open
@@ -84,16 +92,42 @@ def capture(source, input_ids: torch.Tensor, names: Iterable[str] | str = ()) ->
     if input_ids.ndim != 2:
         raise UsageError(f"input_ids must be [batch, pos], got shape {list(input_ids.shape)}")
     available = available_hooks(model)
-    wanted = _expand([names] if isinstance(names, str) else list(names), available, _n_layers(model))
+    wanted = _expand([names] if isinstance(names, str) else list(names), available, n_layers(model))
     input_ids = input_ids.to(_device_of(model))
     with torch.no_grad():
         if _is_llama(model):
             from training.model import Capture
 
-            cap = Capture(wanted)
+            cap = Capture(wanted, fn)
             logits = model(input_ids, capture=cap)
-            return logits, {n: cap.cache[n] for n in wanted}
-        return _hf_capture(model, input_ids, wanted)
+            return logits, {n: cap.cache[n] for n in wanted} if fn is None else {}
+        logits, acts = _hf_capture(model, input_ids, wanted)
+        if fn is None:
+            return logits, acts
+        for name, x in acts.items():
+            fn(name, x)
+        return logits, {}
+
+
+def open_model(checkpoint, device=None, dtype=None) -> torch.nn.Module:
+    """The model `capture` runs for a checkpoint: the in-repo LLaMA when it implements the run's config,
+    else the transformers model."""
+    from workbench.models.views import llama_unsupported
+
+    if llama_unsupported(checkpoint.run.model_config) is None:
+        return checkpoint.model(device=device, dtype=dtype)
+    _layout(checkpoint.run.model_config.get("model_type"))  # fail before reading any tensor
+    return checkpoint.to_hf(device=device, dtype=dtype)
+
+
+def unembed(model: torch.nn.Module, resid: torch.Tensor) -> torch.Tensor:
+    """Logits of a residual stream `[..., d_model]` read out through the model's final norm and unembedding
+    (the logit lens; applied to the last block's output it gives the model's own logits)."""
+    with torch.no_grad():
+        if _is_llama(model):
+            return model.lm_head(model.model.norm(resid, model.ops(resid.device)))
+        norm = _module(model, _layout(model.config.model_type).final_norm)
+        return model.get_output_embeddings()(norm(resid))
 
 
 def available_hooks(source) -> list[str]:
@@ -153,18 +187,14 @@ def _model_of(source):
                              f"not {type(source).__name__}")
         return source.eval()
     from workbench.store.run import Checkpoint
-    from workbench.models.views import llama_unsupported
 
     if not isinstance(source, Checkpoint):
         raise UsageError(f"capture takes a Checkpoint, a training.model.Llama or a transformers model, "
                          f"not {type(source).__name__}")
-    if llama_unsupported(source.run.model_config) is None:
-        return source.model()
-    _layout(source.run.model_config.get("model_type"))  # fail before reading any tensor
-    return source.to_hf()
+    return open_model(source)
 
 
-def _n_layers(model) -> int:
+def n_layers(model) -> int:
     if _is_llama(model):
         return model.config.num_hidden_layers
     return len(_module(model, _layout(model.config.model_type).layers))
@@ -174,7 +204,7 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _expand(names: list[str], available: list[str], n_layers: int) -> list[str]:
+def _expand(names: list[str], available: list[str], count: int) -> list[str]:
     """Hook names with `{l}` expanded to every layer, each checked against what the model offers."""
     out: list[str] = []
     for name in names:
@@ -182,11 +212,11 @@ def _expand(names: list[str], available: list[str], n_layers: int) -> list[str]:
         if template not in available:
             raise UsageError(f"no hook {name!r} for this model; available: {', '.join(available)}")
         if template == name and "{l}" in name:
-            out += [name.format(l=l) for l in range(n_layers)]
+            out += [name.format(l=l) for l in range(count)]
         else:
             m = re.match(r"^blocks\.(\d+)\.", name)
-            if m and int(m[1]) >= n_layers:
-                raise UsageError(f"{name!r}: layer {m[1]} out of range, the model has {n_layers} layers")
+            if m and int(m[1]) >= count:
+                raise UsageError(f"{name!r}: layer {m[1]} out of range, the model has {count} layers")
             out.append(name)
     return list(dict.fromkeys(out))
 
@@ -234,7 +264,8 @@ def _hf_capture(model, input_ids: torch.Tensor, wanted: list[str]):
             hook(block, p + "hook_resid_post", _first)
             hook(block.get_submodule(layout.attn_out), p + "hook_attn_out", _first)
             hook(block.get_submodule(layout.mlp_out), p + "hook_mlp_out", _first)
-            hook(block.get_submodule(layout.mlp_down), p + "mlp.hook_post", _hidden_arg, pre=True)  # [batch, pos, d_mlp]
+            hook(block.get_submodule(layout.mlp_act), p + "mlp.hook_pre", _hidden_arg, pre=True)  # [batch, pos, d_mlp]
+            hook(block.get_submodule(layout.mlp_down), p + "mlp.hook_post", _hidden_arg, pre=True)
         final = _module(model, layout.final_norm)
         eps = _eps(final)
         hook(final, "ln_final.hook_normalized", lambda args, kwargs: _normalize(_hidden_arg(args, kwargs), layout.norm, eps),

@@ -1,0 +1,123 @@
+"""What the forward-pass analyses share: the evaluation set cut into batches, the model of a step, and one
+forward pass whose activations stream into running statistics.
+
+Evaluation batches are made as the trainer packs its data: per domain, the documents (in evaluation-set
+order) are laid end to end, each followed by the tokenizer's end-of-text token when it has one, and the
+stream is cut into rows of `seq_len + 1` tokens that overlap by one (inputs `row[:-1]`, targets `row[1:]`,
+so every token is a target once). A domain's last, shorter row is dropped unless it is the domain's only one. Every statistic is over these rows, so numbers
+of different steps are over the same tokens; `Batch.first` numbers the tokens across all batches (the
+`token` coordinate of per-token results).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from workbench.analysis.engine import StepContext
+
+DEFAULT_SEQ_LEN = 512  # for a run without a training config (imported): capped by the model's context
+
+
+@dataclass(frozen=True)
+class Batch:
+    ids: torch.Tensor  # [batch, pos] int64 model inputs
+    targets: torch.Tensor  # [batch, pos] the next tokens
+    domain: str
+    first: int  # index of ids[0, 0] among all evaluation tokens (row-major over batches)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.ids.numel()
+
+
+def seq_len(ctx: "StepContext", requested: int | None = None) -> int:
+    """Row length: `requested`, else the run's training `seq_len`, else `DEFAULT_SEQ_LEN`; at most the model's
+    context length."""
+    config = ctx.run.model_config
+    context = config.get("max_position_embeddings") or config.get("n_positions") or config.get("n_ctx")
+    n = requested or (ctx.run.train_config or {}).get("seq_len") or DEFAULT_SEQ_LEN
+    return min(int(n), int(context)) if context else int(n)
+
+
+def batches(ctx: "StepContext", length: int, batch_size: int, max_tokens: int | None = None) -> list[Batch]:
+    """The evaluation set as batches of rows (see the module docstring), domains in sorted order; at most
+    `max_tokens` input tokens per domain (whole rows)."""
+    tok = ctx.tokenizer
+    eos = _eos_id(ctx)
+    streams: dict[str, list[int]] = {}
+    for ids, domain in zip(ctx.eval_set.token_ids(tok), ctx.eval_set.domains):
+        streams.setdefault(domain, []).extend(ids + ([eos] if eos is not None else []))
+    out, first = [], 0
+    for domain in sorted(streams):
+        rows = _rows(streams[domain], length, max_tokens)
+        for i in range(0, len(rows), batch_size):
+            part = torch.tensor(rows[i: i + batch_size], dtype=torch.int64)
+            b = Batch(part[:, :-1], part[:, 1:], domain, first)
+            out.append(b)
+            first += b.n_tokens
+    return out
+
+
+def positions(batches: list[Batch], tokens: np.ndarray) -> np.ndarray:
+    """The position in its row of each evaluation token index in `tokens`."""
+    firsts = np.array([b.first for b in batches])
+    lengths = np.array([b.ids.shape[1] for b in batches])
+    i = np.searchsorted(firsts, tokens, side="right") - 1
+    return (tokens - firsts[i]) % lengths[i]
+
+
+def _rows(stream: list[int], length: int, max_tokens: int | None) -> list[list[int]]:
+    if len(stream) < 2:
+        return []
+    if len(stream) - 1 < length:  # the domain's only row, shorter
+        return [stream]
+    n = (len(stream) - 1) // length
+    if max_tokens is not None:
+        n = max(1, min(n, max_tokens // length))
+    return [stream[i * length: (i + 1) * length + 1] for i in range(n)]
+
+
+def _eos_id(ctx: "StepContext") -> int | None:
+    from workbench.models.views import hf_tokenizer
+
+    return hf_tokenizer(ctx.run).eos_token_id
+
+
+# One model per worker process: the runner orders tasks by step, so the forward analyses of one step
+# (loss, activations, lens, ...) run one after another on the same model.
+_MODEL: dict = {}
+
+
+def model(ctx: "StepContext", step: int | None = None) -> torch.nn.Module:
+    """The model of `step` (default: the task's) on the task's device, float32, eval mode: the in-repo LLaMA
+    for the workbench's runs, the transformers model for imported architectures."""
+    from workbench.models.capture import open_model
+
+    step = ctx.step if step is None else int(step)
+    key = (ctx.run.location, step, ctx.device)
+    if _MODEL.get("key") != key:
+        _MODEL.clear()
+        _MODEL.update(key=key, model=open_model(ctx.run.checkpoint(step), device=ctx.device, dtype=torch.float32))
+    return _MODEL["model"]
+
+
+def run(model: torch.nn.Module, batch: Batch, names=(), fn=None) -> torch.Tensor:
+    """Logits `[batch, pos, vocab]` (float32) of one batch; activations `names` go to `fn(name, tensor)`."""
+    return logits(model, batch.ids, names, fn)
+
+
+def logits(model: torch.nn.Module, ids: torch.Tensor, names=(), fn=None) -> torch.Tensor:
+    from workbench.models.capture import capture
+
+    out, _ = capture(model, ids.to(next(model.parameters()).device), names, fn=fn)
+    return out.float()
+
+
+def layer_of(name: str) -> int:
+    """The layer of a hook name `blocks.{l}.…`."""
+    return int(name.split(".", 2)[1])

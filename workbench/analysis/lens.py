@@ -1,0 +1,59 @@
+"""`lens`: the logit lens per layer (nostalgebraist 2020): the residual stream after each block read out
+through the model's final norm and unembedding, compared with the model's own next-token distribution.
+
+Over the evaluation batches of `workbench.analysis.forward`, per layer l (the last layer's lens is the
+model's output: KL 0, agreement 1):
+- `kl` [layer]: mean KL(p_final ‖ p_l) in nats, p = softmax of the logits;
+- `top1_agreement` [layer]: share of tokens where argmax p_l equals argmax p_final.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from workbench.analysis import forward, stats
+from workbench.analysis.engine import Analysis, StepContext, register
+from workbench.models.capture import unembed
+
+
+@register
+class Lens(Analysis):
+    name = "lens"
+    kind = "forward"
+    dims = ("layer",)
+    description = "logit lens per layer: KL to the final distribution, top-1 agreement (see workbench/analysis/lens.py)"
+
+    @dataclass(frozen=True)
+    class Params:
+        seq_len: int | None = None  # row length; default: the run's training seq_len
+        batch_size: int = 8
+        max_tokens: int | None = None  # per domain; default: every evaluation token
+
+    def compute(self, ctx: StepContext) -> xr.Dataset:
+        p = self.params
+        model = forward.model(ctx)
+        kl: dict[int, stats.Mean] = {}
+        agree: dict[int, stats.Mean] = {}
+        with torch.no_grad():
+            for b in forward.batches(ctx, forward.seq_len(ctx, p.seq_len), p.batch_size, p.max_tokens):
+                resid: dict[int, torch.Tensor] = {}
+                final = forward.run(model, b, ["blocks.{l}.hook_resid_post"],
+                                    lambda name, x: resid.__setitem__(forward.layer_of(name), x))
+                log_final = final.log_softmax(-1).flatten(0, 1)  # [token, vocab]
+                top_final = log_final.argmax(-1)
+                for layer, x in resid.items():
+                    log_lens = unembed(model, x).float().log_softmax(-1).flatten(0, 1)
+                    kl.setdefault(layer, stats.Mean()).update(
+                        torch.nn.functional.kl_div(log_lens, log_final, log_target=True, reduction="none").sum(-1, keepdim=True))
+                    agree.setdefault(layer, stats.Mean()).update((log_lens.argmax(-1) == top_final)[:, None])
+        layers = sorted(kl)
+        return xr.Dataset(
+            {"kl": ("layer", np.array([kl[l].mean.item() for l in layers]), {
+                "description": "mean KL(final distribution || logit lens of the block's output)", "units": "nats"}),
+             "top1_agreement": ("layer", np.array([agree[l].mean.item() for l in layers]), {
+                 "description": "share of tokens whose logit-lens argmax is the model's own argmax", "units": "1"})},
+            coords={"layer": layers})

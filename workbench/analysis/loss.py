@@ -1,0 +1,63 @@
+"""`loss`: held-out next-token loss per domain, and the loss of every evaluation token.
+
+Over the evaluation batches of `workbench.analysis.forward` (same tokens at every step):
+- `loss` [domain]: mean cross-entropy of the next token, in nats; `perplexity` = exp(loss);
+- `token_loss` [token]: each target token's cross-entropy (float32), with coordinates `token_domain`,
+  `token_position` (position of the prediction in its row) and `target` (the token id), so that per-token
+  trajectories (which tokens are learnt when, Xia et al. 2023) are one selection away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from workbench.analysis import forward, stats
+from workbench.analysis.engine import Analysis, StepContext, register
+
+
+@register
+class Loss(Analysis):
+    name = "loss"
+    kind = "forward"
+    dims = ("domain", "token")
+    description = "held-out next-token loss per domain and per token (see workbench/analysis/loss.py)"
+
+    @dataclass(frozen=True)
+    class Params:
+        seq_len: int | None = None  # row length; default: the run's training seq_len
+        batch_size: int = 8
+        max_tokens: int | None = None  # per domain; default: every evaluation token
+
+    def compute(self, ctx: StepContext) -> xr.Dataset:
+        p = self.params
+        model = forward.model(ctx)
+        per_domain: dict[str, stats.Mean] = {}
+        losses, domains, positions, targets = [], [], [], []
+        with torch.no_grad():
+            for b in forward.batches(ctx, forward.seq_len(ctx, p.seq_len), p.batch_size, p.max_tokens):
+                logits = forward.run(model, b)  # [batch, pos, vocab]
+                y = b.targets.to(logits.device)
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+                per_domain.setdefault(b.domain, stats.Mean()).update(loss[:, None])
+                losses.append(loss.cpu())
+                domains += [b.domain] * loss.numel()
+                positions.append(torch.arange(b.ids.shape[1]).repeat(b.ids.shape[0]))
+                targets.append(b.targets.flatten())
+        names = sorted(per_domain)
+        mean = np.array([per_domain[d].mean.item() for d in names])
+        return xr.Dataset(
+            {"loss": ("domain", mean, {"description": "mean next-token cross-entropy on the evaluation set",
+                                       "units": "nats"}),
+             "perplexity": ("domain", np.exp(mean), {"description": "exp(loss)", "units": "1"}),
+             "tokens": ("domain", np.array([per_domain[d].n for d in names]),
+                        {"description": "target tokens the loss is averaged over", "units": "tokens"}),
+             "token_loss": ("token", torch.cat(losses).numpy().astype(np.float32),
+                            {"description": "cross-entropy of each evaluation target token", "units": "nats"})},
+            coords={"domain": names,
+                    "token_domain": ("token", np.array(domains, dtype=object)),
+                    "token_position": ("token", torch.cat(positions).numpy()),
+                    "target": ("token", torch.cat(targets).numpy())})
