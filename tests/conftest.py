@@ -104,3 +104,52 @@ def new_run(tmp_path, tiny_config):
         return path, workbench.create(path, model_config=config)
 
     return make
+
+
+SMALL_TOML = """
+[model]
+vocab_size = 384
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 2
+num_attention_heads = 4
+num_key_value_heads = 2
+max_position_embeddings = 64
+
+[train]
+n_documents = 300
+seq_len = 32
+batch_size = 4
+warmup_steps = 5
+max_steps = 30
+every = 5
+early = false
+"""
+
+
+@pytest.fixture
+def small_toml(tmp_path) -> Path:
+    """A training preset file of a 2-layer LLaMA on 300 synthetic documents, 30 steps, a checkpoint every 5."""
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL_TOML)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _trained(tmp_path_factory) -> Path:
+    from training.presets import load
+    from training.trainer import Trainer
+
+    folder = tmp_path_factory.mktemp("trained")
+    (folder / "small.toml").write_text(SMALL_TOML)
+    Trainer(*load(folder / "small.toml"), folder / "run", progress=False).train()
+    return folder / "run"
+
+
+@pytest.fixture
+def trained_run(_trained, tmp_path) -> Path:
+    """A copy (the test's own) of a run trained once per session with `SMALL_TOML`: steps 0, 5, ..., 30, a
+    tokenizer, the corpus with held-out documents and canaries, and the data order."""
+    import shutil
+
+    return Path(shutil.copytree(_trained, tmp_path / "trained"))

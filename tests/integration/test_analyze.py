@@ -254,32 +254,8 @@ def _steps_text(steps):
     return text(steps)
 
 
-def test_weights_on_a_trained_run_move_away_from_init(tmp_path, cluster):
-    from training.presets import load
-    from training.trainer import Trainer
-
-    toml = tmp_path / "small.toml"
-    toml.write_text("""
-[model]
-vocab_size = 384
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 2
-num_attention_heads = 4
-num_key_value_heads = 2
-max_position_embeddings = 64
-
-[train]
-n_documents = 300
-seq_len = 32
-batch_size = 4
-warmup_steps = 5
-max_steps = 30
-every = 5
-early = false
-""")
-    Trainer(*load(toml), tmp_path / "run", progress=False).train()
-    run = workbench.open(tmp_path / "run")
+def test_weights_on_a_trained_run_move_away_from_init(trained_run, cluster):
+    run = workbench.open(trained_run)
     run.analyze(["weights"], scheduler=cluster, progress=False)
     ds = run.results("weights").load()
     assert ds["step"].values.tolist() == [0, 5, 10, 15, 20, 25, 30]

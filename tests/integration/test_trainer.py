@@ -25,33 +25,12 @@ from training.train_config import TrainConfig
 from training.trainer import Trainer, TrainingDiverged
 from workbench.cli import app
 
-SMALL_TOML = """
-[model]
-vocab_size = 384
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 2
-num_attention_heads = 4
-num_key_value_heads = 2
-max_position_embeddings = 64
-
-[train]
-n_documents = 300
-seq_len = 32
-batch_size = 4
-warmup_steps = 5
-max_steps = 30
-every = 5
-early = false
-"""
 
 
 @pytest.fixture
-def small(tmp_path):
-    path = tmp_path / "small.toml"
-    path.write_text(SMALL_TOML)
-    model_cfg, train_cfg = load(path)
-    return path, model_cfg, train_cfg
+def small(small_toml):
+    model_cfg, train_cfg = load(small_toml)
+    return small_toml, model_cfg, train_cfg
 
 
 def wb(*args):
@@ -183,7 +162,7 @@ def test_resume_with_another_model_config_is_refused(small, tmp_path):
     toml, model_cfg, cfg = small
     Trainer(model_cfg, replace(cfg, max_steps=5), tmp_path / "r", progress=False).train()
     other = tmp_path / "other.toml"
-    other.write_text(SMALL_TOML.replace("hidden_size = 32", "hidden_size = 48"))
+    other.write_text(toml.read_text().replace("hidden_size = 32", "hidden_size = 48"))
     code, out = wb("train", "--resume", "--config", other, "--out", tmp_path / "r")
     assert code == 2 and "hidden_size (32 in the run, 48 here)" in out
 
