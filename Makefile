@@ -24,13 +24,17 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests/kernels
 
 # The main job on built-in data: corpus + tokenizer, 2,000 steps of the tiny LLaMA with a checkpoint every
-# 100 (plus the early log-spaced ones), then a look at the run.
+# 100 (plus the early log-spaced ones), a look at the run, then every analysis at every checkpoint and the
+# held-out loss per domain as a table and a plot.
 DEMO_RUN ?= runs/demo
 demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
 	$(VENV)/bin/wb train --preset tiny --max-steps 2000 --every 100 --out $(DEMO_RUN)
 	$(VENV)/bin/wb info $(DEMO_RUN)
 	$(VENV)/bin/wb verify $(DEMO_RUN)
+	$(VENV)/bin/wb analyze $(DEMO_RUN)
+	$(VENV)/bin/wb results $(DEMO_RUN)
+	$(VENV)/bin/wb results $(DEMO_RUN) loss --plot $(DEMO_RUN)-loss.html
 
 bench: $(STAMP)
 	$(PY) benchmarks/store.py

@@ -65,6 +65,8 @@ class Activations(Analysis):
     name = "activations"
     kind = "forward"
     dims = ("layer", "rank", "head")
+    summary_vars = ("resid_norm", "resid_kurtosis", "massive_ratio", "fire_rate", "dead_units", "attn_entropy",
+                    "sink_mass")
     description = ("residual-stream norm and kurtosis, massive activations, dead MLP units, attention entropy "
                    "and sink mass per layer (see workbench/analysis/activations.py)")
 

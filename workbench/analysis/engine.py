@@ -73,6 +73,7 @@ class Analysis:
     kind: ClassVar[str]
     description: ClassVar[str] = ""
     dims: ClassVar[tuple[str, ...]] = ()
+    summary_vars: ClassVar[tuple[str, ...]] = ()  # the variables `wb results` shows (default: every numeric one)
 
     @dataclass(frozen=True)
     class Params:
@@ -118,7 +119,7 @@ class Analysis:
         import numpy as np
         import pandas as pd
 
-        numeric = [v for v in ds.data_vars if np.issubdtype(ds[v].dtype, np.number)]
+        numeric = [v for v in cls.summary_vars or ds.data_vars if np.issubdtype(ds[v].dtype, np.number)]
         if step is not None:
             one = ds[numeric].sel(step=step)
             multi = [v for v in numeric if one[v].ndim]

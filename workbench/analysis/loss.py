@@ -26,6 +26,13 @@ class Loss(Analysis):
     dims = ("domain", "token")
     description = "held-out next-token loss per domain and per token (see workbench/analysis/loss.py)"
 
+    @classmethod
+    def summary(cls, ds: xr.Dataset, step: int | None = None):
+        """Per step the loss of every domain (one column each); with `step`, that step's per-domain values."""
+        if step is not None:
+            return ds[["loss", "perplexity", "tokens"]].sel(step=step).to_dataframe().drop(columns="step")
+        return ds["loss"].to_pandas().rename(columns=lambda d: f"loss[{d}]")
+
     @dataclass(frozen=True)
     class Params:
         seq_len: int | None = None  # row length; default: the run's training seq_len

@@ -60,6 +60,17 @@ class Memorization(Analysis):
         seed: int = 0
         batch_size: int = 32
 
+    @classmethod
+    def summary(cls, ds: xr.Dataset, step: int | None = None):
+        """Per step (or per sequence of one step) the match rates of canaries and of sampled sequences."""
+        if step is not None:
+            one = ds.sel(step=step)
+            return one[["exact_match", "token_match", "times_seen", "steps_since_seen"]].to_dataframe().drop(columns="step")
+        df = ds[["exact_match", "token_match"]].to_dataframe()
+        rates = df.groupby(["step", "kind"])[["exact_match", "token_match"]].mean().unstack("kind")
+        rates.columns = [f"{v}[{k}]" for v, k in rates.columns]
+        return rates
+
     def check(self, run, eval_set) -> None:
         if run.table(DOCUMENTS) is None or run.table(ORDER) is None:
             raise UsageError(f"memorization needs the training corpus and data order, which {run.location} does "
