@@ -169,3 +169,40 @@ def test_our_trainer_run_opens_in_every_view(tmp_path):
             nn_logits = nns.output.logits.save()
         for logits in (ckpt.to_hf()(ids).logits, ckpt.to_hooked_transformer()(ids), nn_logits):
             assert maxdiff(logits, reference) <= TOL
+
+
+def test_forward_analyses_run_on_the_imported_trajectory(imported, tmp_path):
+    import json
+    import random
+    import shutil
+
+    import numpy as np
+
+    from workbench.analysis import analyze
+
+    arch, _, run = imported
+    path = shutil.copytree(run.location, tmp_path / "run")
+    rng = random.Random(0)
+    docs = [{"text": " ".join(f"w{rng.randrange(2, VOCAB)}" for _ in range(40)), "domain": d}
+            for d in ("a", "b") for _ in range(4)]
+    data = tmp_path / "eval.jsonl"
+    data.write_text("\n".join(json.dumps(d) for d in docs))
+    mine = workbench.open(path)
+    done = analyze(mine, None, steps=[0, 2000], workers=0, eval_data=data, progress=False)
+    assert "memorization" not in done  # needs a corpus and a data order, which an import has not: skipped
+    assert all(done[n] == [0, 2000] for n in ("weights", "loss", "activations", "lens", "similarity"))
+    mine.refresh()
+    # independently: rows of 64 + 1 word ids (the context) per domain, documents joined by <|endoftext|> = 0
+    model = mine.checkpoint(2000).to_hf()
+    loss = mine.results("loss").sel(step=2000).load()
+    norms = mine.results("activations")["resid_norm"].sel(step=2000).values
+    for domain in ("a", "b"):
+        stream = [t for d in docs if d["domain"] == domain for t in [int(w[1:]) for w in d["text"].split()] + [0]]
+        rows = torch.tensor([stream[i * 64: (i + 1) * 64 + 1] for i in range((len(stream) - 1) // 64)])
+        with torch.no_grad():
+            out = model(rows[:, :-1], output_hidden_states=True)
+        ce = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), rows[:, 1:].flatten())
+        assert abs(loss["loss"].sel(domain=domain).item() - ce.item()) <= 1e-5
+    lens = mine.results("lens").sel(step=2000).load()
+    assert lens["kl"].values[-1] == pytest.approx(0, abs=1e-6) and lens["top1_agreement"].values[-1] == 1
+    assert np.all(np.isfinite(norms)) and norms.shape == (2,)
