@@ -212,35 +212,25 @@ def powerlaw_fit(eigs: np.ndarray, min_tail: int = 10) -> tuple[float, float, fl
     return float(alpha[b]), float(lam[ks[b]]), best[0], int(n[b])
 
 
-def checkpoint_distances(run, lags: tuple[int, ...] = (1, 2)) -> dict[tuple[int, int], float]:
-    """{(a, b): ‖θ_a − θ_b‖²} over every floating-point parameter (norms included), for the pairs of
-    stored steps `lags` apart in step order: the numbers `wb verify` computes for its jump check (the
-    difference of float32-widened tensors, squared and summed in float64, added over the arrays), so that a
-    later change can compute them in one place. Equal to verify's for a run without corrupt or non-finite
-    tensors (verify leaves those out), up to the order of the sum over arrays: verify adds them in the order
-    zarr's async listing yields them, which varies between calls (≈1e-16 relative); here by name."""
+def checkpoint_distances(run) -> dict[tuple[int, int], float]:
+    """{(a, b): ‖θ_a − θ_b‖²} over every floating-point parameter (norms included), for the pairs of stored
+    steps one and two apart in step order: computed by `wb verify`'s own `Distances`, so the numbers are
+    those of its jump check (for a run without corrupt or non-finite tensors, which verify leaves out)."""
     from zarr.core.sync import sync
 
     from workbench.store.layout import PARAMS, to_torch
     from workbench.store.tensors import TensorGroup
+    from workbench.store.verify import Distances
 
     group = sync(TensorGroup.open(run.store, PARAMS))
     if group is None:
         return {}
-    order = sorted(range(len(group.steps)), key=lambda i: group.steps[i])
-    steps = [group.steps[i] for i in order]
-    pairs = {(steps[i - lag], steps[i]) for lag in lags for i in range(lag, len(steps))}
-    sq: dict[tuple[int, int], float] = {}
+    distances = Distances()
     for name, arr in sorted(sync(group.arrays()).items()):  # sorted: zarr lists arrays in varying order
         if arr.attrs["dtype"] not in ("float32", "float16", "bfloat16", "float64"):
             continue
-        window: list[tuple[int, torch.Tensor]] = []
-        for idx in order:
+        distances.next_array()
+        for idx in sorted(range(len(group.steps)), key=lambda i: group.steps[i]):
             step = group.steps[idx]
-            data = to_torch(sync(group.read_array(name, arr, step, idx)), arr.attrs["dtype"]).float()
-            window = (window + [(step, data)])[-(max(lags) + 1):]
-            for prev_step, prev in window[:-1]:
-                if (prev_step, step) in pairs:
-                    d = float(torch.sum((data - prev).double() ** 2))
-                    sq[(prev_step, step)] = sq.get((prev_step, step), 0.0) + d
-    return sq
+            distances.add(step, to_torch(sync(group.read_array(name, arr, step, idx)), arr.attrs["dtype"]).float())
+    return distances.sq

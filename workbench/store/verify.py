@@ -39,23 +39,38 @@ def verify(run, progress: bool = True) -> list[Problem]:
 
     arrays = list(_stacked_arrays(run))
     problems: list[Problem] = []
-    sq = {}  # (step_a, step_b) -> summed squared distance over all parameters
+    distances = Distances()
     total = sum(arr.shape[0] for _, _, arr in arrays)
     with tqdm(total=total, desc="verify", unit="chunk-row", disable=not progress) as bar:
         for group, name, arr in arrays:
-            path = f"{group.group.path}/{name}"
-            window: list[tuple[int, torch.Tensor]] = []
+            distances.next_array()
             for idx in np.argsort(group.steps, kind="stable"):
                 step = group.steps[idx]
                 data = _read_row(group, name, arr, step, int(idx), problems)
                 bar.update(1)
                 if group.group.path == PARAMS and data is not None:
-                    window = (window + [(step, data)])[-3:]
-                    for prev_step, prev in window[:-1]:
-                        d = float(torch.sum((data - prev).double() ** 2))
-                        sq[(prev_step, step)] = sq.get((prev_step, step), 0.0) + d
-    problems += _jumps(sorted(run.steps), sq)
+                    distances.add(step, data)
+    problems += _jumps(sorted(run.steps), distances.sq)
     return problems
+
+
+class Distances:
+    """‖θ_a − θ_b‖² between checkpoints one and two apart in step order (the numbers of the jump check),
+    summed over arrays: feed each array's steps in step order with `add` (float32 tensors; the squared
+    difference is summed in float64), and call `next_array` before each array."""
+
+    def __init__(self):
+        self.sq: dict[tuple[int, int], float] = {}
+        self._window: list[tuple[int, torch.Tensor]] = []
+
+    def next_array(self) -> None:
+        self._window = []
+
+    def add(self, step: int, data: torch.Tensor) -> None:
+        self._window = (self._window + [(step, data)])[-3:]
+        for prev_step, prev in self._window[:-1]:
+            d = float(torch.sum((data - prev).double() ** 2))
+            self.sq[(prev_step, step)] = self.sq.get((prev_step, step), 0.0) + d
 
 
 def _stacked_arrays(run):
