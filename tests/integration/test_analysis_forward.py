@@ -22,9 +22,11 @@ import workbench
 from workbench.analysis import analyze
 from workbench.errors import UsageError
 
-STEPS = (0, 15, 30)  # analysed steps: 0 is the first checkpoint (cka_prev NaN, nothing seen yet)
+STEPS = (0, 30)  # analysed steps: 0 is the first checkpoint (cka_prev NaN, nothing seen yet)
+MEMO_STEPS = (0, 15, 30)  # memorization also halfway, where only some sequences were seen yet
 FORWARD = ["loss", "activations", "lens", "similarity", "memorization"]
 CKA_TOKENS = 64
+SAMPLE = 16  # sampled training sequences of memorization (default 64; fewer keeps the file fast)
 EOS = "<|endoftext|>"
 
 
@@ -35,9 +37,12 @@ def run(_trained, tmp_path_factory):
     """A copy of the trained run with every forward analysis computed at STEPS (in-process)."""
     path = shutil.copytree(_trained, tmp_path_factory.mktemp("forward") / "run")
     r = workbench.open(path)
-    done = analyze(r, FORWARD, steps=list(STEPS), workers=0, progress=False,
+    done = analyze(r, FORWARD[:-1], steps=list(STEPS), workers=0, progress=False,
                    params={"similarity": {"tokens": CKA_TOKENS}})
-    assert done == {name: list(STEPS) for name in FORWARD}
+    assert done == {name: list(STEPS) for name in FORWARD[:-1]}
+    done = analyze(r, ["memorization"], steps=list(MEMO_STEPS), workers=0, progress=False,
+                   params={"memorization": {"sample": SAMPLE}})
+    assert done == {"memorization": list(MEMO_STEPS)}
     r.refresh()
     return r
 
@@ -138,7 +143,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------ loss
 
 def test_loss_per_domain_and_per_token_equal_transformers_cross_entropy(run, rows, ref):
-    ds = run.results("loss")
+    ds = run.results("loss").load()
     domains = sorted(rows)
     assert ds["domain"].values.tolist() == domains
     assert ds["step"].values.tolist() == list(STEPS)
@@ -160,7 +165,7 @@ def test_loss_per_domain_and_per_token_equal_transformers_cross_entropy(run, row
         ce = cross_entropy(a["logits"], a["targets"]).reshape(-1)  # float64, rows in domain order
         one = ds.sel(step=step)
         assert one["token_loss"].dtype == np.float32
-        np.testing.assert_allclose(one["token_loss"].values, ce, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(one["token_loss"].values, ce, rtol=1e-5, atol=2e-6)  # stored as float32
         expect = [ce[per_domain == d].mean() for d in domains]
         np.testing.assert_allclose(one["loss"].values, expect, rtol=1e-5)
         np.testing.assert_allclose(one["perplexity"].values, np.exp(one["loss"].values), rtol=1e-12)
@@ -202,19 +207,20 @@ def expected_activations(a: dict, massive_k: int = 4, rare_below: float = 0.01) 
 
 @pytest.mark.parametrize("step", [0, 30])
 def test_activation_statistics_equal_direct_computations(run, ref, step):
-    ds = run.results("activations").sel(step=step)
+    ds = run.results("activations").load().sel(step=step)
     a = ref(step)
     want = expected_activations(a)
     n_layers, heads = len(a["resid"]), a["attn"][0].shape[1]
     assert ds.sizes["layer"] == n_layers and ds.sizes["rank"] == 4 and ds.sizes["head"] == heads
     for name in ("resid_norm", "resid_kurtosis", "massive_value", "massive_ratio", "attn_entropy", "sink_mass"):
-        np.testing.assert_allclose(ds[name].values, want[name], rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(ds[name].values, want[name], rtol=1e-6, err_msg=name)
     for name in ("massive_dim", "massive_token", "massive_position"):
         np.testing.assert_array_equal(ds[name].values, want[name], err_msg=name)
-    # Firing is `pre > 0`: a pre-activation within float32 noise of 0 may flip between two implementations.
+    # Firing is `pre > 0`: a pre-activation within float32 noise of 0 may flip between the in-repo model and
+    # transformers' (none does here); allow one token's worth.
     n_tokens = a["pre"][0].shape[0] * a["pre"][0].shape[1]
     for name in ("fire_rate", "dead_units", "rare_units"):
-        np.testing.assert_allclose(ds[name].values, want[name], rtol=0, atol=2 / n_tokens, err_msg=name)
+        np.testing.assert_allclose(ds[name].values, want[name], rtol=0, atol=1 / n_tokens, err_msg=name)
     # The statistics say something: attention rows sum to one, a sink share is a share.
     assert ((ds["sink_mass"] > 0) & (ds["sink_mass"] <= 1)).all()
     assert (ds["attn_entropy"] >= 0).all() and (ds["resid_kurtosis"] >= 1).all()
@@ -259,16 +265,16 @@ def test_layer_stats_merge_over_partitions_in_any_order(run, rows, ref):
     xr.testing.assert_allclose(merged(every[1::3], every[::3], every[2::3]), whole)
     xr.testing.assert_allclose(merged(every[::-1]), whole)  # batches fed in reverse order
     # ... and it is what the analysis stored for that step (up to the two models' float32 differences).
-    stored = run.results("activations").sel(step=30, drop=True)
+    stored = run.results("activations").load().sel(step=30, drop=True)
     xr.testing.assert_allclose(whole.drop_vars(["fire_rate", "dead_units", "rare_units"]),
-                               stored.drop_vars(["fire_rate", "dead_units", "rare_units"]), rtol=1e-4)
+                               stored.drop_vars(["fire_rate", "dead_units", "rare_units"]), rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ lens
 
 @pytest.mark.parametrize("step", [0, 30])
 def test_logit_lens_equals_final_norm_and_unembedding_of_each_block(run, ref, step):
-    ds = run.results("lens").sel(step=step)
+    ds = run.results("lens").load().sel(step=step)
     a = ref(step)
     final = log_softmax(a["logits"]).reshape(-1, a["logits"].shape[-1])
     kl, agree = [], []
@@ -277,8 +283,8 @@ def test_logit_lens_equals_final_norm_and_unembedding_of_each_block(run, ref, st
         kl.append((np.exp(final) * (final - lp)).sum(-1).mean())
         agree.append((lp.argmax(-1) == final.argmax(-1)).mean())
     assert ds["layer"].values.tolist() == list(range(len(a["lens"])))
-    np.testing.assert_allclose(ds["kl"].values, kl, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(ds["top1_agreement"].values, agree, rtol=0, atol=2 / final.shape[0])
+    np.testing.assert_allclose(ds["kl"].values, kl, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ds["top1_agreement"].values, agree, rtol=0, atol=1 / final.shape[0])  # one near-tie
     assert abs(ds["kl"].values[-1]) < 1e-6 and ds["top1_agreement"].values[-1] == 1.0
     assert ds["kl"].values[0] > 10 * abs(ds["kl"].values[-1])  # an earlier layer's lens is not the output
 
@@ -299,7 +305,7 @@ def cka_tokens(rows: dict[str, list[list[int]]], tokens: int) -> list[list[int]]
 
 
 def test_cka_between_layers_and_with_the_previous_checkpoint(run, rows):
-    ds = run.results("similarity")
+    ds = run.results("similarity").load()
     sample = cka_tokens(rows, CKA_TOKENS)
     assert len(sample) == 2 and len({tuple(r) for r in sample}) == 2  # code row 0, then en row 0
     ids = torch.tensor(sample, dtype=torch.int64)
@@ -333,9 +339,15 @@ def test_cka_between_layers_and_with_the_previous_checkpoint(run, rows):
 
 # ------------------------------------------------------------------------------------------ memorization
 
-def canary_sequence(run, doc_id: int, canary_text: str, prefix: int, length: int):
-    """(prompt, target, (first, end) token span of the secret) of a canary in one document."""
-    text = run.documents().set_index("document_id")["text"][doc_id]
+@pytest.fixture(scope="module")
+def training(run):
+    """(documents indexed by document_id, {step: the pieces of its batch}) of the trained run."""
+    steps = sorted(int(s) for s in run.table("data/order")["step"].unique())
+    return run.documents().set_index("document_id"), {s: run.batch(s) for s in steps}
+
+
+def canary_sequence(run, text: str, canary_text: str, prefix: int, length: int):
+    """(prompt, target, (first, end) token span of the secret) of a canary in one document's `text`."""
     enc = run.tokenizer.encode(text, add_special_tokens=False)
     secret = canary_text.split(" ")[-1]
     start = text.index(canary_text) + len(canary_text) - len(secret)
@@ -345,67 +357,70 @@ def canary_sequence(run, doc_id: int, canary_text: str, prefix: int, length: int
     return enc.ids[max(0, a - prefix): a], enc.ids[a: min(b, a + length)], (a, b)
 
 
-def canary_spans(run, canary: dict) -> list[tuple[int, int, int]]:
-    docs = run.documents().set_index("document_id")["text"]
+def canary_spans(run, docs, canary: dict) -> list[tuple[int, int, int]]:
+    """(document_id, first, end) of the secret in every document that carries the canary."""
     out = []
     for doc in json.loads(canary["document_ids"]):
-        if canary["text"] in docs[doc]:
-            _, _, (a, b) = canary_sequence(run, doc, canary["text"], 1, 1)
+        if canary["text"] in docs.loc[doc, "text"]:
+            _, _, (a, b) = canary_sequence(run, docs.loc[doc, "text"], canary["text"], 1, 1)
             out.append((doc, a, b))
     return out
 
 
-def seen_steps(run, spans, upto: int) -> list[int]:
+def seen_steps(batches: dict[int, list[dict]], spans, upto: int) -> list[int]:
     """Training steps <= upto whose batch held a piece overlapping one of `spans` (each step once)."""
-    steps = []
-    for s in sorted(run.table("data/order")["step"].unique()):
-        if s > upto:
-            break
-        pieces = run.batch(int(s))
-        if any(p["document_id"] == doc and p["offset"] < b and p["offset"] + p["length"] > a
-               for p in pieces for doc, a, b in spans):
-            steps.append(int(s))
-    return steps
+    return [s for s, pieces in sorted(batches.items()) if s <= upto and any(
+        p["document_id"] == doc and p["offset"] < b and p["offset"] + p["length"] > a
+        for p in pieces for doc, a, b in spans)]
 
 
-def test_memorization_sequences_greedy_continuations_and_exposure_counts(run):
-    ds = run.results("memorization")
+def test_memorization_sequences_greedy_continuations_and_exposure_counts(run, training):
+    docs, batches = training
+    ds = run.results("memorization").load()
     canaries = run.table("data/canaries").to_dict("records")
     kinds = ds["kind"].values.tolist()
     n_canaries = kinds.count("canary")
     assert kinds == ["canary"] * n_canaries + ["sample"] * (len(kinds) - n_canaries)  # canaries first
     assert 0 < n_canaries <= len(canaries)
     by_id = {str(c["id"]): c for c in canaries}
-    docs = run.documents().set_index("document_id")
     for i in range(n_canaries):
         c = by_id[ds["canary"].values[i]]
-        assert ds["copies"].values[i] == c["copies"] == len(canary_spans(run, c))
+        assert ds["copies"].values[i] == c["copies"] == len(canary_spans(run, docs, c))
         assert ds["document_id"].values[i] in json.loads(c["document_ids"])
     samples = ds["document_id"].values[n_canaries:]
-    assert len(samples) == 64 and len(set(samples)) == 64 and list(samples) == sorted(samples)
+    assert len(samples) == SAMPLE and len(set(samples)) == SAMPLE and list(samples) == sorted(samples)
     assert (docs.loc[samples, "split"] == "train").all() and (ds["copies"].values[n_canaries:] == 1).all()
     assert all(len(run.tokenizer.encode(t, add_special_tokens=False).ids) >= 64 for t in docs.loc[samples, "text"])
 
-    # A few sequences of each kind, rebuilt from their document: targets, exposures and greedy continuations.
+    # Every sequence's exposures, from its target span(s) and the recorded batches.
+    for i, kind in enumerate(kinds):
+        doc = int(ds["document_id"].values[i])
+        spans = canary_spans(run, docs, by_id[ds["canary"].values[i]]) if kind == "canary" else [(doc, 32, 64)]
+        for step in MEMO_STEPS:
+            seen = seen_steps(batches, spans, step)
+            one = ds.sel(step=step)
+            assert one["times_seen"].values[i] == len(seen), (step, i, seen)
+            since = one["steps_since_seen"].values[i]
+            assert since == step - seen[-1] if seen else np.isnan(since), (step, i, seen)
+    assert (ds["times_seen"].sel(step=0) == 0).all()  # batch 1 is the first trained on
+    assert (ds["times_seen"].sel(step=30) > 0).any()
+
+    # A few sequences of each kind, rebuilt from their document: greedy continuations from transformers.
     picks = [0, n_canaries - 1, n_canaries, n_canaries + 1, len(kinds) - 1]
     seqs = {}
     for i in picks:
-        doc = int(ds["document_id"].values[i])
+        text = docs.loc[int(ds["document_id"].values[i]), "text"]
         if kinds[i] == "canary":
-            c = by_id[ds["canary"].values[i]]
-            prompt, target, _ = canary_sequence(run, doc, c["text"], 32, 32)
-            spans = canary_spans(run, c)
+            prompt, target, _ = canary_sequence(run, text, by_id[ds["canary"].values[i]]["text"], 32, 32)
         else:
-            ids = run.tokenizer.encode(docs.loc[doc, "text"], add_special_tokens=False).ids
-            prompt, target, spans = ids[:32], ids[32:64], [(doc, 32, 64)]
-        seqs[i] = (prompt, target, spans)
-    assert any(len(seen_steps(run, spans, 30)) > 0 for _, _, spans in seqs.values())  # something was seen
-
-    for step in STEPS:
+            ids = run.tokenizer.encode(text, add_special_tokens=False).ids
+            prompt, target = ids[:32], ids[32:64]
+        seqs[i] = (prompt, target)
+    for step in MEMO_STEPS:
         one = ds.sel(step=step)
         model = hf_model(run, step)
         model.generation_config.eos_token_id = None  # greedy to the full length, through any EOS
-        for i, (prompt, target, spans) in seqs.items():
+        for i, (prompt, target) in seqs.items():
             with torch.no_grad():
                 out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=len(target),
                                      attention_mask=torch.ones(1, len(prompt), dtype=torch.int64))
@@ -414,25 +429,44 @@ def test_memorization_sequences_greedy_continuations_and_exposure_counts(run):
             match = cont == np.array(target)
             assert one["exact_match"].values[i] == float(match.all()), (step, i)
             np.testing.assert_allclose(one["token_match"].values[i], match.mean(), rtol=0, atol=1e-12)
-            seen = seen_steps(run, spans, step)
-            assert one["times_seen"].values[i] == len(seen), (step, i, seen)
-            since = one["steps_since_seen"].values[i]
-            if seen:
-                assert since == step - seen[-1]
-            else:
-                assert np.isnan(since)
-    assert (ds["times_seen"].sel(step=0) == 0).all()  # batch 1 is the first trained on
-    assert (ds["times_seen"].diff("step") >= 0).all()
 
 
-def test_times_seen_counts_batches_not_pieces(run):
-    """Every sequence's `times_seen` at the last step equals a direct count of distinct batches."""
-    ds = run.results("memorization").sel(step=30)
-    canaries = {str(c["id"]): c for c in run.table("data/canaries").to_dict("records")}
-    for i, kind in enumerate(ds["kind"].values):
-        doc = int(ds["document_id"].values[i])
-        spans = canary_spans(run, canaries[ds["canary"].values[i]]) if kind == "canary" else [(doc, 32, 64)]
-        assert ds["times_seen"].values[i] == len(seen_steps(run, spans, 30)), (i, kind, doc)
+def test_times_seen_counts_a_batch_once_when_it_holds_several_copies(run, training, monkeypatch):
+    """A batch holding two pieces of a target (two copies of a canary, or a span cut across two rows of one
+    batch) is one exposure: `times_seen` counts batches, as documented, not pieces."""
+    from workbench.analysis import engine, memorization
+
+    docs, batches = training
+    # Find, in the recorded data order, a document with two pieces in one batch and a canary with two
+    # documents in one batch; targets spanning those pieces are seen twice by that batch.
+    pieces: dict[tuple[int, int], list[dict]] = {}
+    for s, ps in batches.items():
+        for p in ps:
+            pieces.setdefault((s, p["document_id"]), []).append(p)
+    twice = next((s, doc, ps) for (s, doc), ps in sorted(pieces.items()) if len(ps) > 1)
+    step_a, doc_a, (p, q) = twice[0], twice[1], sorted(twice[2], key=lambda p: p["offset"])[:2]
+    canary = next(c for c in run.table("data/canaries").to_dict("records")
+                  if any(sum(p["document_id"] in json.loads(c["document_ids"]) for p in ps) > 1
+                         for ps in batches.values()))
+    carriers = [d for d in json.loads(canary["document_ids"]) if canary["text"] in docs.loc[d, "text"]]
+    ids = run.tokenizer.encode(docs.loc[doc_a, "text"], add_special_tokens=False).ids
+    seqs = [
+        memorization.Sequence("sample", doc_a, "", 1, tuple(ids[:4]), tuple(ids[4:6]),
+                              ((doc_a, p["offset"], q["offset"] + q["length"]),)),
+        memorization.Sequence("canary", carriers[0], str(canary["id"]), len(carriers), tuple(ids[:4]), tuple(ids[4:6]),
+                              tuple((d, 0, 10**6) for d in carriers)),  # every token of every copy
+    ]
+    monkeypatch.setattr(memorization, "sequences", lambda run, params: seqs)
+    ctx = engine.StepContext(run, 30, tuple(run.steps))
+    ds = memorization.Memorization().compute(ctx)
+    assert step_a in seen_steps(batches, seqs[0].spans, 30)
+    for i, s in enumerate(seqs):
+        seen = seen_steps(batches, s.spans, 30)
+        hits = sum(p["document_id"] == doc and p["offset"] < b and p["offset"] + p["length"] > a
+                   for ps in batches.values() for p in ps for doc, a, b in s.spans)
+        assert hits > len(seen)  # some batch holds two pieces of this target: the case under test
+        assert ds["times_seen"].values[i] == len(seen), (s.kind, seen)
+        assert ds["steps_since_seen"].values[i] == 30 - seen[-1]
 
 
 def test_memorization_needs_a_corpus_and_is_skipped_when_not_asked_for(run, tmp_path, caplog):
@@ -458,8 +492,8 @@ def test_memorization_needs_a_corpus_and_is_skipped_when_not_asked_for(run, tmp_
 def test_two_worker_processes_give_the_in_process_results(run, _trained, tmp_path):
     copy = workbench.open(shutil.copytree(_trained, tmp_path / "copy"))  # no results yet
     names = ["loss", "activations"]
-    done = analyze(copy, names, steps=[15, 30], workers=2, progress=False)
-    assert done == {"loss": [15, 30], "activations": [15, 30]}
+    done = analyze(copy, names, steps=list(STEPS), workers=2, progress=False)
+    assert done == {"loss": list(STEPS), "activations": list(STEPS)}
     copy.refresh()
     for name in names:
-        xr.testing.assert_allclose(copy.results(name), run.results(name).sel(step=[15, 30]), rtol=1e-6)
+        xr.testing.assert_allclose(copy.results(name), run.results(name), rtol=1e-6)

@@ -182,7 +182,9 @@ def _samples(run, p) -> list[Sequence]:
 
 
 def exposures(run, seqs: list[Sequence]) -> list[np.ndarray]:
-    """Per sequence, the sorted steps of every data-order piece overlapping one of its target spans."""
+    """Per sequence, the sorted distinct steps whose batch held a data-order piece overlapping one of its
+    target spans (a batch holding several such pieces, two copies of a canary or a target cut across two
+    rows, is one exposure)."""
     order = run.table(ORDER)
     wanted = {doc for s in seqs for doc, _, _ in s.spans}
     by_doc = {d: g for d, g in order[order["document_id"].isin(wanted)].groupby("document_id")}
@@ -194,7 +196,7 @@ def exposures(run, seqs: list[Sequence]) -> list[np.ndarray]:
             if g is not None:
                 hit = (g["offset"] < b) & (g["offset"] + g["length"] > a)
                 steps.append(g.loc[hit, "step"].to_numpy())
-        out.append(np.sort(np.concatenate(steps)) if steps else np.array([], dtype=np.int64))
+        out.append(np.unique(np.concatenate(steps)) if steps else np.array([], dtype=np.int64))
     return out
 
 
