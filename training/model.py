@@ -94,14 +94,16 @@ class Attention(nn.Module):
 
     def _explicit(self, q, k, v, capture, pattern_hook):
         """Attention with the pattern materialised, for when it is asked for (SDPA never forms it)."""
+        b, _, t, d = q.shape
         group = self.n_heads // self.n_kv
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [batch, head, pos, d_head]
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # [batch, head, query_pos, key_pos]
-        t = q.shape[2]
-        causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-        pattern = scores.float().masked_fill(~causal, float("-inf")).softmax(-1).to(q.dtype)
+        q = (q / math.sqrt(d)).view(b, self.n_kv, group, t, d)  # the heads of a kv head share its k and v
+        scores = (q @ k.unsqueeze(2).transpose(-1, -2)).view(b, self.n_heads, t, t)  # [batch, head, query, key]
+        scores = scores.float() if scores.dtype != torch.float32 else scores
+        future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+        pattern = scores.masked_fill_(future, float("-inf")).softmax(-1).to(q.dtype)
         capture(pattern_hook, pattern)
-        return pattern @ v  # [batch, head, pos, d_head]
+        z = pattern.view(b, self.n_kv, group, t, t) @ v.unsqueeze(2)  # [batch, kv_head, group, pos, d_head]
+        return z.view(b, self.n_heads, t, d)
 
 
 class MLP(nn.Module):

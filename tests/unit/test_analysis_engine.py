@@ -167,7 +167,8 @@ def test_all_analyses_skip_the_forward_ones_a_run_cannot_run(run_path, caplog):
     with caplog.at_level("WARNING", logger="workbench.analysis.runner"):
         done = analyze(run_path, steps=[0], workers=0, progress=False)
     assert done == {"test_echo": [0], "weights": [0]}
-    assert "skipping test_tokens: test_tokens needs a forward pass" in caplog.text
+    assert ("skipping activations, lens, loss, memorization, similarity, test_tokens: activations, lens, loss, "
+            "memorization, similarity, test_tokens need a forward pass") in caplog.text
 
 
 def test_forward_analysis_gets_the_eval_set_from_a_file_or_the_held_out_split(new_run, hf_state_dicts, tmp_path, tiny_config):

@@ -50,9 +50,10 @@ class LayerStats:
         elif hook == "mlp.hook_pre":  # [batch, pos, d_mlp]
             self.fires.update(x.flatten(0, 1) > 0)
         elif hook == "attn.hook_pattern":  # [batch, head, query, key]
-            p = x[:, :, 1:].float().transpose(1, 2).flatten(0, 1)  # queries >= 1: [batch * query, head, key]
-            self.entropy.update(-torch.special.xlogy(p, p).sum(-1))
-            self.sink.update(p[..., 0])
+            p = x[:, :, 1:].float()  # queries >= 1
+            per_query = lambda t: t.transpose(1, 2).flatten(0, 1)  # [batch, head, query] -> [batch * query, head]
+            self.entropy.update(per_query(torch.special.entr(p).sum(-1)))
+            self.sink.update(per_query(p[..., 0]))
 
     def merge(self, other: "LayerStats") -> "LayerStats":
         for name, stat in vars(self).items():
@@ -83,14 +84,19 @@ class Activations(Analysis):
         model = forward.model(ctx)
         layers: dict[int, LayerStats] = {}
         batches = forward.batches(ctx, forward.seq_len(ctx, p.seq_len), p.batch_size, p.max_tokens)
-        with torch.no_grad():
-            for b in batches:
-                def fn(name: str, x: torch.Tensor, first=b.first) -> None:
-                    layer = forward.layer_of(name)
-                    layers.setdefault(layer, LayerStats(p.massive_k)).update(name.split(".", 2)[2], x, first)
-
-                forward.run(model, b, HOOKS, fn)
+        for b in batches:
+            self.update(layers, model, b)
         return self.dataset([layers[l] for l in sorted(layers)], batches)
+
+    def update(self, layers: dict[int, LayerStats], model: torch.nn.Module, batch: forward.Batch) -> None:
+        """One forward pass of `batch` (no unembedding), its activations fed into `layers` (a LayerStats per
+        layer, added on first use)."""
+        def fn(name: str, x: torch.Tensor) -> None:
+            layer = forward.layer_of(name)
+            layers.setdefault(layer, LayerStats(self.params.massive_k)).update(name.split(".", 2)[2], x, batch.first)
+
+        with torch.no_grad():
+            forward.stream(model, batch, HOOKS, fn)
 
     def dataset(self, layers: list[LayerStats], batches: list[forward.Batch]) -> xr.Dataset:
         """The Dataset of per-layer statistics (merged over any batches or partitions)."""

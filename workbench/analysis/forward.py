@@ -118,6 +118,13 @@ def logits(model: torch.nn.Module, ids: torch.Tensor, names=(), fn=None) -> torc
     return out.float()
 
 
+def stream(model: torch.nn.Module, batch: Batch, names, fn) -> None:
+    """A forward pass for its activations only (`fn(name, tensor)`), without the unembedding."""
+    from workbench.models.capture import capture
+
+    capture(model, batch.ids.to(next(model.parameters()).device), names, fn=fn, logits=False)
+
+
 def layer_of(name: str) -> int:
     """The layer of a hook name `blocks.{l}.…`."""
     return int(name.split(".", 2)[1])

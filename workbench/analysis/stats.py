@@ -80,7 +80,8 @@ class Count(RunningStat):
 
     def update(self, x) -> None:
         x = _tensor(x, None if self.counts is None else self.counts.device)
-        c = (x != 0).sum(0, dtype=torch.int64)
+        nonzero = x if x.dtype == torch.bool else x != 0
+        c = nonzero.sum(0, dtype=torch.int32).long()  # int32 within a batch (< 2^31 samples) is ~4x faster on CPU
         self.counts = c if self.counts is None else self.counts + c
         self.n += x.shape[0]
 
@@ -125,10 +126,11 @@ class _CentralMoments(RunningStat):
         if nb == 0:
             return
         mean = x.mean(0)
-        d = x - mean
         other = type(self)()
         other.n, other.mean_ = nb, mean
-        other.m = {p: (d**p).sum(0) for p in range(2, self.order + 1)}
+        if self.order >= 2:
+            d = x - mean
+            other.m = {p: (d**p).sum(0) for p in range(2, self.order + 1)}
         self._combine(other)
 
     def merge(self, other):
@@ -259,16 +261,17 @@ class Max(RunningStat):
             self.values, self.samples, self.features = (t.to(x.device) for t in (self.values, self.samples, self.features))
         sid = _ids_for(self, nb, ids, x.device)
         self.n += nb
-        flat = x.reshape(nb, math.prod(self.feature_shape)).double()
+        flat = x.reshape(nb, math.prod(self.feature_shape))
         nf = flat.shape[1]
         if nb == 0 or nf == 0:
             return
-        # Pre-select per batch: the k largest magnitudes (plus everything tied with the k-th).
+        # Pre-select per batch, in the input's dtype (|x| is exact in it): the k largest magnitudes (plus
+        # everything tied with the k-th); only those are widened to float64.
         mag = flat.abs().reshape(-1)
         kk = min(self.k, mag.numel())
         kth = torch.topk(mag, kk).values[-1]
         pick = torch.nonzero(mag >= kth).reshape(-1)
-        cand = _TopEntries(flat.reshape(-1)[pick], sid[pick // nf], pick % nf)
+        cand = _TopEntries(flat.reshape(-1)[pick].double(), sid[pick // nf], pick % nf)
         self._keep(cand.concat(_TopEntries(self.values, self.samples, self.features)))
 
     def _keep(self, c: "_TopEntries") -> None:

@@ -75,11 +75,12 @@ BLOCK_HOOKS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_res
                "hook_mlp_out", "hook_resid_post")
 
 
-def capture(source, input_ids: torch.Tensor, names: Iterable[str] | str = (), fn=None
-            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def capture(source, input_ids: torch.Tensor, names: Iterable[str] | str = (), fn=None, logits: bool = True
+            ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """One forward pass of `input_ids` `[batch, pos]`: logits `[batch, pos, vocab]` and the activations
     named in `names` (TransformerLens hook names; a name with `{l}` stands for every layer). With `fn`, the
-    activations go to `fn(name, tensor)` instead and the dict comes back empty.
+    activations go to `fn(name, tensor)` instead and the dict comes back empty. `logits=False` skips the
+    unembedding (None comes back): for activations only, it saves vocab × d_model per token.
 
     `source` is a `Checkpoint`, a `training.model.Llama` or a transformers causal LM. A checkpoint is opened
     for this one call (`checkpoint.model()` for the workbench's LLaMA, `checkpoint.to_hf()` otherwise); open
@@ -99,14 +100,18 @@ def capture(source, input_ids: torch.Tensor, names: Iterable[str] | str = (), fn
             from training.model import Capture
 
             cap = Capture(wanted, fn)
-            logits = model(input_ids, capture=cap)
-            return logits, {n: cap.cache[n] for n in wanted} if fn is None else {}
-        logits, acts = _hf_capture(model, input_ids, wanted)
+            if logits:
+                out = model(input_ids, capture=cap)
+            else:
+                out = None
+                model.hidden_states(input_ids, capture=cap)
+            return out, {n: cap.cache[n] for n in wanted} if fn is None else {}
+        out, acts = _hf_capture(model, input_ids, wanted, logits)
         if fn is None:
-            return logits, acts
+            return out, acts
         for name, x in acts.items():
             fn(name, x)
-        return logits, {}
+        return out, {}
 
 
 def open_model(checkpoint, device=None, dtype=None) -> torch.nn.Module:
@@ -231,7 +236,7 @@ def _first(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
-def _hf_capture(model, input_ids: torch.Tensor, wanted: list[str]):
+def _hf_capture(model, input_ids: torch.Tensor, wanted: list[str], logits: bool = True):
     layout = _layout(model.config.model_type)
     needed = set(wanted)
     for name in wanted:  # resid_mid = resid_pre + attn_out, formed after the pass
@@ -270,7 +275,8 @@ def _hf_capture(model, input_ids: torch.Tensor, wanted: list[str]):
         eps = _eps(final)
         hook(final, "ln_final.hook_normalized", lambda args, kwargs: _normalize(_hidden_arg(args, kwargs), layout.norm, eps),
              pre=True)
-        out = model(input_ids=input_ids, output_attentions=patterns, use_cache=False)
+        runner = model if logits else model.base_model  # the backbone: every hooked module, no unembedding
+        out = runner(input_ids=input_ids, output_attentions=patterns, use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -283,7 +289,7 @@ def _hf_capture(model, input_ids: torch.Tensor, wanted: list[str]):
         if name.endswith("hook_resid_mid"):
             cache[name] = cache[name.replace("hook_resid_mid", "hook_resid_pre")] + \
                 cache[name.replace("hook_resid_mid", "hook_attn_out")]
-    return out.logits, {name: cache[name] for name in wanted}
+    return out.logits if logits else None, {name: cache[name] for name in wanted}
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
