@@ -24,8 +24,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests/kernels
 
 # The main job on built-in data: corpus + tokenizer, 2,000 steps of the tiny LLaMA with a checkpoint every
-# 100 (plus the early log-spaced ones), a look at the run, then every analysis at every checkpoint and the
-# held-out loss per domain as a table and a plot.
+# 100 (plus the early log-spaced ones), a look at the run, then every analysis at every checkpoint, the
+# held-out loss per domain as a table and a plot, and the canaries' step x frequency memorisation heatmap.
 DEMO_RUN ?= runs/demo
 demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
@@ -35,6 +35,7 @@ demo: $(STAMP)
 	$(VENV)/bin/wb analyze $(DEMO_RUN)
 	$(VENV)/bin/wb results $(DEMO_RUN)
 	$(VENV)/bin/wb results $(DEMO_RUN) loss --plot $(DEMO_RUN)-loss.html
+	$(VENV)/bin/wb results $(DEMO_RUN) memorization --plot $(DEMO_RUN)-memorization.html
 
 bench: $(STAMP)
 	$(PY) benchmarks/store.py

@@ -244,32 +244,16 @@ def results_cmd(
     have = [int(s) for s in ds["step"].values]
     if step is not None and step not in have:
         raise StepNotFound(step, have, f"{name} results")
-    table = registry().get(name, Analysis).summary(ds, step)
+    analysis = registry().get(name, Analysis)
+    table = analysis.summary(ds, step)
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250):
         typer.echo(table.to_string(float_format=lambda v: f"{v:.4g}"))
     if plot is not None:
-        _plot(table, f"{name} of {run}" + (f" at step {step}" if step is not None else ""), plot)
+        fig = analysis.plot(ds, step, title=f"{name} of {run}" + (f" at step {step}" if step is not None else ""))
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.write_html(plot, include_plotlyjs=True)  # self-contained: opens offline
         typer.echo(f"plot written to {plot}")
 
-
-def _plot(table, title: str, path: Path) -> None:
-    """One line per column over the steps (or, for one step, one bar group per row), as a standalone html."""
-    import plotly.express as px
-
-    table = table.select_dtypes("number")
-    flat = table.reset_index()
-    x = flat.columns[0] if table.index.nlevels == 1 else flat.columns[: table.index.nlevels].tolist()
-    if isinstance(x, list):
-        flat["row"] = flat[x].astype(str).agg(" ".join, axis=1)
-        x = "row"
-    long = flat.melt(id_vars=[x], value_vars=list(map(str, table.columns)), var_name="variable")
-    chart = px.line if table.index.name == "step" else px.bar
-    fig = chart(long, x=x, y="value", facet_row="variable", title=title, height=220 * len(table.columns),
-                **({"markers": True} if chart is px.line else {}))
-    fig.update_yaxes(matches=None, title_text="")
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
 
 if __name__ == "__main__":
     app()

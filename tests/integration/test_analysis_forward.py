@@ -497,3 +497,23 @@ def test_two_worker_processes_give_the_in_process_results(run, _trained, tmp_pat
     copy.refresh()
     for name in names:
         xr.testing.assert_allclose(copy.results(name), run.results(name), rtol=1e-6)
+
+
+def test_wb_results_plots_the_memorisation_heatmap_and_summaries(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.analysis import get
+    from workbench.cli import app
+
+    ds = run.results("memorization").load()
+    fig = get("memorization").plot(ds)
+    df = ds["token_match"].to_dataframe().reset_index()
+    df = df[df["kind"] == "canary"]
+    want = df.groupby(["copies", "step"])["token_match"].mean().unstack("step")  # copies × step, sorted
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), want.values)
+    assert list(fig.data[0].y) == [str(c) for c in want.index]
+    for name in ("loss", "memorization"):
+        out = tmp_path / f"{name}.html"
+        result = CliRunner().invoke(app, ["results", str(run.location), name, "--plot", str(out)])
+        assert result.exit_code == 0, result.output
+        assert out.stat().st_size > 1000 and "plotly" in out.read_text()[:100000].lower()

@@ -71,6 +71,21 @@ class Memorization(Analysis):
         rates.columns = [f"{v}[{k}]" for v, k in rates.columns]
         return rates
 
+    @classmethod
+    def plot(cls, ds: xr.Dataset, step: int | None = None, title: str = ""):
+        """Without `step`: the step × frequency heatmap of the canaries' token-level match (mean over the
+        canaries of each copy count), the view of memorisation studies; with `step`, the summary's bars."""
+        if step is not None or "canary" not in set(ds["kind"].values.tolist()):
+            return super().plot(ds, step, title)
+        import plotly.express as px
+
+        ds = ds[["token_match"]].load()
+        canaries = ds["token_match"].where(ds["kind"] == "canary", drop=True)
+        grid = canaries.groupby("copies").mean("sequence").transpose("copies", "step")  # [copies, step]
+        return px.imshow(grid.values, x=[str(s) for s in grid["step"].values], y=[str(c) for c in grid["copies"].values],
+                         labels={"x": "step", "y": "copies in the corpus", "color": "token match"}, zmin=0, zmax=1,
+                         aspect="auto", title=title or "canary memorisation: token-level match by step and frequency")
+
     def check(self, run, eval_set) -> None:
         if run.table(DOCUMENTS) is None or run.table(ORDER) is None:
             raise UsageError(f"memorization needs the training corpus and data order, which {run.location} does "
