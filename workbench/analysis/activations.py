@@ -72,10 +72,7 @@ class Activations(Analysis):
                    "and sink mass per layer (see workbench/analysis/activations.py)")
 
     @dataclass(frozen=True)
-    class Params:
-        seq_len: int | None = None  # row length; default: the run's training seq_len
-        batch_size: int = 8
-        max_tokens: int | None = None  # per domain; default: every evaluation token
+    class Params(forward.EvalParams):
         massive_k: int = 4
         rare_below: float = 0.01
 
@@ -83,7 +80,7 @@ class Activations(Analysis):
         p = self.params
         model = forward.model(ctx)
         layers: dict[int, LayerStats] = {}
-        batches = forward.batches(ctx, forward.seq_len(ctx, p.seq_len), p.batch_size, p.max_tokens)
+        batches = forward.eval_batches(ctx, p)
         for b in batches:
             self.update(layers, model, b)
         return self.dataset([layers[l] for l in sorted(layers)], batches)

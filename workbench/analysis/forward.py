@@ -24,6 +24,16 @@ DEFAULT_SEQ_LEN = 512  # for a run without a training config (imported): capped 
 
 
 @dataclass(frozen=True)
+class EvalParams:
+    """The evaluation-batch parameters of the forward analyses that read the whole evaluation set (their
+    `Params` extend it)."""
+
+    seq_len: int | None = None  # row length; default: the run's training seq_len
+    batch_size: int = 8
+    max_tokens: int | None = None  # per domain; default: every evaluation token
+
+
+@dataclass(frozen=True)
 class Batch:
     ids: torch.Tensor  # [batch, pos] int64 model inputs
     targets: torch.Tensor  # [batch, pos] the next tokens
@@ -69,6 +79,11 @@ def positions(batches: list[Batch], tokens: np.ndarray) -> np.ndarray:
     lengths = np.array([b.ids.shape[1] for b in batches])
     i = np.searchsorted(firsts, tokens, side="right") - 1
     return (tokens - firsts[i]) % lengths[i]
+
+
+def eval_batches(ctx: "StepContext", params: EvalParams) -> list[Batch]:
+    """`batches` with an analysis' `EvalParams`."""
+    return batches(ctx, seq_len(ctx, params.seq_len), params.batch_size, params.max_tokens)
 
 
 def _rows(stream: list[int], length: int, max_tokens: int | None) -> list[list[int]]:

@@ -9,8 +9,6 @@ model's output: KL 0, agreement 1):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import xarray as xr
@@ -27,11 +25,7 @@ class Lens(Analysis):
     dims = ("layer",)
     description = "logit lens per layer: KL to the final distribution, top-1 agreement (see workbench/analysis/lens.py)"
 
-    @dataclass(frozen=True)
-    class Params:
-        seq_len: int | None = None  # row length; default: the run's training seq_len
-        batch_size: int = 8
-        max_tokens: int | None = None  # per domain; default: every evaluation token
+    Params = forward.EvalParams
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         p = self.params
@@ -39,7 +33,7 @@ class Lens(Analysis):
         kl: dict[int, stats.Mean] = {}
         agree: dict[int, stats.Mean] = {}
         with torch.no_grad():
-            for b in forward.batches(ctx, forward.seq_len(ctx, p.seq_len), p.batch_size, p.max_tokens):
+            for b in forward.eval_batches(ctx, p):
                 resid: dict[int, torch.Tensor] = {}
                 final = forward.run(model, b, ["blocks.{l}.hook_resid_post"],
                                     lambda name, x: resid.__setitem__(forward.layer_of(name), x))

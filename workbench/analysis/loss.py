@@ -9,8 +9,6 @@ Over the evaluation batches of `workbench.analysis.forward` (same tokens at ever
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import xarray as xr
@@ -33,11 +31,7 @@ class Loss(Analysis):
             return ds[["loss", "perplexity", "tokens"]].sel(step=step).to_dataframe().drop(columns="step")
         return ds["loss"].to_pandas().rename(columns=lambda d: f"loss[{d}]")
 
-    @dataclass(frozen=True)
-    class Params:
-        seq_len: int | None = None  # row length; default: the run's training seq_len
-        batch_size: int = 8
-        max_tokens: int | None = None  # per domain; default: every evaluation token
+    Params = forward.EvalParams
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         p = self.params
@@ -45,7 +39,7 @@ class Loss(Analysis):
         per_domain: dict[str, stats.Mean] = {}
         losses, domains, positions, targets = [], [], [], []
         with torch.no_grad():
-            for b in forward.batches(ctx, forward.seq_len(ctx, p.seq_len), p.batch_size, p.max_tokens):
+            for b in forward.eval_batches(ctx, p):
                 logits = forward.run(model, b)  # [batch, pos, vocab]
                 y = b.targets.to(logits.device)
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
