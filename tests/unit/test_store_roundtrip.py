@@ -83,6 +83,23 @@ def test_trajectory_of_all_layers(written_run, tiny_config):
     np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
 
 
+def test_a_one_layer_trajectory_reads_only_that_layer(written_run, monkeypatch):
+    from workbench.store.tensors import TensorGroup
+
+    path, _, _ = written_run
+    asked = []
+    read = TensorGroup.read_array
+
+    def counting(self, name, arr, step, idx, layers=slice(None)):
+        asked.append((step, layers))
+        return read(self, name, arr, step, idx, layers)
+
+    monkeypatch.setattr(TensorGroup, "read_array", counting)
+    workbench.open(path).trajectory("model.layers.1.mlp.down_proj.weight").values
+    assert sorted(s for s, _ in asked) == sorted(WRITE_ORDER)  # one read per step
+    assert {(layers.start, layers.stop) for _, layers in asked} == {(1, 2)}  # of layer 1 only
+
+
 def test_trajectory_of_one_layer_and_of_an_unstacked_parameter(written_run):
     path, dtype, reference = written_run
     run = workbench.open(path)
