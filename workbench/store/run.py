@@ -178,26 +178,25 @@ class Run:
             hint = f"; did you mean {', '.join(close)}?" if close else "; see Run.parameter_names()"
             raise UsageError(f"no parameter {name!r} in this run{hint}")
         arr = arrays[template]
+        layer = key.layer if key and key.layered else None
+        if layer is not None and layer >= arr.shape[1]:
+            raise UsageError(f"{name!r}: layer {layer} out of range, the run has {arr.shape[1]} layers")
         steps = np.asarray(self._params.steps, dtype=np.int64)
-        # One dask block per step (all layers): a block's chunks are fetched concurrently, and a corrupt chunk
-        # fails only its own step.
-        data = da.from_array(_StepReader(self._params, arr), chunks=(1, *arr.shape[1:]), asarray=True, lock=False,
-                             fancy=False)
+        # One dask block per step (all layers, or the one asked for): a block's chunks are fetched
+        # concurrently, and a corrupt chunk fails only its own step.
+        reader = _StepReader(self._params, arr, layer)
+        data = da.from_array(reader, chunks=(1, *reader.shape[1:]), asarray=True, lock=False, fancy=False)
         dtype = arr.attrs["dtype"]
         if dtype == "bfloat16":
             data = data.map_blocks(bf16_to_float32, dtype=np.float32)
-        dims = list(arr.metadata.dimension_names)
+        dims = [d for d in arr.metadata.dimension_names if not (layer is not None and d == "layer")]
         coords = {STEP: steps}
         if "layer" in dims:
             coords["layer"] = np.arange(arr.shape[1])
-        out = xr.DataArray(data, dims=dims, coords=coords, name=template,
+        out = xr.DataArray(data, dims=dims, coords=coords, name=name if layer is not None else template,
                            attrs={"stored_dtype": dtype, "parameter": template})
         if np.any(np.diff(steps) < 0):
             out = out.isel(step=np.argsort(steps, kind="stable"))
-        if key and key.layered:
-            if key.layer >= arr.shape[1]:
-                raise UsageError(f"{name!r}: layer {key.layer} out of range, the run has {arr.shape[1]} layers")
-            out = out.sel(layer=key.layer, drop=True).rename(name)
         return out
 
     # Analyses live in workbench.analysis (layer 3), imported on first use: the store never needs them.
@@ -224,9 +223,11 @@ class _StepReader:
     """A stacked array as dask reads it, one step per block, through the tensor group's direct chunk decoding
     (a corrupt chunk raises `CorruptData` naming array, step and layer)."""
 
-    def __init__(self, group: TensorGroup, arr: zarr.Array):
-        self.group, self.arr = group, arr
-        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+    def __init__(self, group: TensorGroup, arr: zarr.Array, layer: int | None = None):
+        """`layer`: read only that layer of a stacked array (its axis dropped), one chunk per step."""
+        self.group, self.arr, self.layer = group, arr, layer
+        self.shape = arr.shape if layer is None else (arr.shape[0], *arr.shape[2:])
+        self.dtype, self.ndim = arr.dtype, len(self.shape)
         self.layered = "layer" in arr.metadata.dimension_names
 
     def __getitem__(self, key):
@@ -235,7 +236,9 @@ class _StepReader:
         name = self.arr.path.rsplit("/", 1)[-1]
         rest = key[1:]
         layers = slice(None)
-        if self.layered and rest:  # read only the layers asked for (a one-layer trajectory reads one chunk)
+        if self.layer is not None:
+            layers, rest = slice(self.layer, self.layer + 1), (0, *rest)
+        elif self.layered and rest:  # read only the layers asked for
             layers = rest[0] if isinstance(rest[0], slice) else slice(int(rest[0]), int(rest[0]) + 1)
             rest = (slice(None) if isinstance(rest[0], slice) else 0, *rest[1:])
         rows = [sync(self.group.read_array(name, self.arr.async_array, self.group.steps[i], i, layers)) for i in steps]
