@@ -104,7 +104,10 @@ class Memorization(Analysis):
         model = forward.model(ctx)
         generated = greedy(model, [s.prompt for s in seqs], [len(s.target) for s in seqs], self.params.batch_size)
         match = [np.array(g) == np.array(s.target) for g, s in zip(generated, seqs)]
-        seen = exposures(ctx.run, seqs)
+        key = (ctx.run.location, ctx.steps, tuple(s.spans for s in seqs))  # the order up to steps[-1] is fixed
+        if _EXPOSURES.get("key") != key:
+            _EXPOSURES.update(key=key, value=exposures(ctx.run, seqs))
+        seen = _EXPOSURES["value"]
         times = np.array([np.searchsorted(steps, ctx.step, side="right") for steps in seen])
         since = np.array([ctx.step - steps[n - 1] if n else np.nan for steps, n in zip(seen, times)], dtype=float)
         return xr.Dataset(
@@ -143,7 +146,10 @@ def greedy(model: torch.nn.Module, prompts: list[tuple[int, ...]], lengths: list
     return out
 
 
+# Per process: the sequences of a run (fixed), and their exposures for the steps of the current `analyze`
+# (reading the data order once per process, not once per step).
 _SEQUENCES: dict = {}
+_EXPOSURES: dict = {}
 
 
 def sequences(run, params: "Memorization.Params") -> list[Sequence]:
