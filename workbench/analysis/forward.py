@@ -4,9 +4,9 @@ forward pass whose activations stream into running statistics.
 Evaluation batches are made as the trainer packs its data: per domain, the documents (in evaluation-set
 order) are laid end to end, each followed by the tokenizer's end-of-text token when it has one, and the
 stream is cut into rows of `seq_len + 1` tokens that overlap by one (inputs `row[:-1]`, targets `row[1:]`,
-so every token is a target once). A domain's last, shorter row is dropped unless it is the domain's only one. Every statistic is over these rows, so numbers
-of different steps are over the same tokens; `Batch.first` numbers the tokens across all batches (the
-`token` coordinate of per-token results).
+so every token is a target once). A domain's last, shorter row is dropped unless it is the domain's only
+one. Every statistic is over these rows, so numbers of different steps are over the same tokens;
+`Batch.first` numbers the tokens across all batches (the `token` coordinate of per-token results).
 """
 
 from __future__ import annotations

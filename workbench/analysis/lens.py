@@ -41,8 +41,8 @@ class Lens(Analysis):
                 top_final = log_final.argmax(-1)
                 for layer, x in resid.items():
                     log_lens = unembed(model, x).float().log_softmax(-1).flatten(0, 1)
-                    kl.setdefault(layer, stats.Mean()).update(
-                        torch.nn.functional.kl_div(log_lens, log_final, log_target=True, reduction="none").sum(-1, keepdim=True))
+                    kl_token = torch.nn.functional.kl_div(log_lens, log_final, log_target=True, reduction="none")
+                    kl.setdefault(layer, stats.Mean()).update(kl_token.sum(-1, keepdim=True))
                     agree.setdefault(layer, stats.Mean()).update((log_lens.argmax(-1) == top_final)[:, None])
         layers = sorted(kl)
         return xr.Dataset(
