@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from workbench.analysis.engine import StepContext
 
 DEFAULT_SEQ_LEN = 512  # for a run without a training config (imported): capped by the model's context
+READOUT_TOKENS = 2048  # tokens unembedded at once: bounds the logits to READOUT_TOKENS x vocab floats
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,29 @@ def model(ctx: "StepContext", step: int | None = None) -> torch.nn.Module:
     return _MODEL["model"]
 
 
-def run(model: torch.nn.Module, batch: Batch, names=(), fn=None) -> torch.Tensor:
-    """Logits `[batch, pos, vocab]` (float32) of one batch; activations `names` go to `fn(name, tensor)`."""
-    return logits(model, batch.ids, names, fn)
+def residuals(model: torch.nn.Module, batch: Batch, last_only: bool = False) -> dict[int, torch.Tensor]:
+    """The residual stream after every block (or only the last), `{layer: [token, d_model]}` with tokens
+    row-major, from a forward pass without the unembedding."""
+    from workbench.models.capture import n_layers
+
+    names = [f"blocks.{n_layers(model) - 1}.hook_resid_post"] if last_only else ["blocks.{l}.hook_resid_post"]
+    out: dict[int, torch.Tensor] = {}
+    stream(model, batch, names, lambda name, x: out.__setitem__(layer_of(name), x.flatten(0, 1)))
+    return out
+
+
+def token_chunks(n_tokens: int, chunk: int = READOUT_TOKENS) -> list[slice]:
+    """Slices of at most `chunk` tokens covering `n_tokens`: read out logits chunk by chunk, so that at most
+    `chunk` × vocab float32 logits exist at once."""
+    return [slice(i, min(i + chunk, n_tokens)) for i in range(0, n_tokens, chunk)]
+
+
+def log_probs(model: torch.nn.Module, resid: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities `[token, vocab]` (float32) read out of a residual stream `[token, d_model]`
+    through the final norm and unembedding (of the last block's output: the model's own)."""
+    from workbench.models.capture import unembed
+
+    return unembed(model, resid).float().log_softmax(-1)
 
 
 def logits(model: torch.nn.Module, ids: torch.Tensor, names=(), fn=None) -> torch.Tensor:

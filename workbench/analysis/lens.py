@@ -15,7 +15,6 @@ import xarray as xr
 
 from workbench.analysis import forward, stats
 from workbench.analysis.engine import Analysis, StepContext, register
-from workbench.models.capture import unembed
 
 
 @register
@@ -34,16 +33,16 @@ class Lens(Analysis):
         agree: dict[int, stats.Mean] = {}
         with torch.no_grad():
             for b in forward.eval_batches(ctx, p):
-                resid: dict[int, torch.Tensor] = {}
-                final = forward.run(model, b, ["blocks.{l}.hook_resid_post"],
-                                    lambda name, x: resid.__setitem__(forward.layer_of(name), x))
-                log_final = final.log_softmax(-1).flatten(0, 1)  # [token, vocab]
-                top_final = log_final.argmax(-1)
-                for layer, x in resid.items():
-                    log_lens = unembed(model, x).float().log_softmax(-1).flatten(0, 1)
-                    kl_token = torch.nn.functional.kl_div(log_lens, log_final, log_target=True, reduction="none")
-                    kl.setdefault(layer, stats.Mean()).update(kl_token.sum(-1, keepdim=True))
-                    agree.setdefault(layer, stats.Mean()).update((log_lens.argmax(-1) == top_final)[:, None])
+                resid = forward.residuals(model, b)  # {layer: [token, d_model]}
+                last = resid[max(resid)]
+                for c in forward.token_chunks(last.shape[0]):
+                    log_final = forward.log_probs(model, last[c])  # [chunk, vocab]
+                    top_final = log_final.argmax(-1)
+                    for layer, x in resid.items():
+                        log_lens = forward.log_probs(model, x[c])
+                        kl_token = torch.nn.functional.kl_div(log_lens, log_final, log_target=True, reduction="none")
+                        kl.setdefault(layer, stats.Mean()).update(kl_token.sum(-1, keepdim=True))
+                        agree.setdefault(layer, stats.Mean()).update((log_lens.argmax(-1) == top_final)[:, None])
         layers = sorted(kl)
         return xr.Dataset(
             {"kl": ("layer", np.array([kl[l].mean.item() for l in layers]), {

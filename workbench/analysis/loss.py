@@ -40,9 +40,10 @@ class Loss(Analysis):
         losses, domains, positions, targets = [], [], [], []
         with torch.no_grad():
             for b in forward.eval_batches(ctx, p):
-                logits = forward.run(model, b)  # [batch, pos, vocab]
-                y = b.targets.to(logits.device)
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+                (last,) = forward.residuals(model, b, last_only=True).values()  # [token, d_model]
+                y = b.targets.flatten().to(last.device)
+                loss = torch.cat([torch.nn.functional.nll_loss(forward.log_probs(model, last[c]), y[c], reduction="none")
+                                  for c in forward.token_chunks(len(y))])
                 per_domain.setdefault(b.domain, stats.Mean()).update(loss[:, None])
                 losses.append(loss.cpu())
                 domains += [b.domain] * loss.numel()
