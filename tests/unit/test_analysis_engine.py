@@ -171,6 +171,17 @@ def test_all_analyses_skip_the_forward_ones_a_run_cannot_run(run_path, caplog):
             "memorization, similarity, test_tokens need a forward pass") in caplog.text
 
 
+def test_an_evaluation_set_too_short_to_predict_a_token_is_refused(tmp_path, hf_state_dicts, tiny_config):
+    path = tmp_path / "run"
+    writer = workbench.create(path, model_config=tiny_config.to_dict(), tokenizer=tiny_tokenizer())
+    writer.write_checkpoint(0, hf_state_dicts((0,))[0])
+    data = tmp_path / "one.txt"
+    data.write_text("cat\n")
+    with pytest.raises(UsageError, match=r"one.txt hold 1 token\(s\) .* needs at least 2"):
+        analyze(path, ["test_tokens"], workers=0, eval_data=data)
+    assert "results" not in workbench.open(path).root  # nothing written
+
+
 def test_forward_analysis_gets_the_eval_set_from_a_file_or_the_held_out_split(new_run, hf_state_dicts, tmp_path, tiny_config):
     sds = hf_state_dicts((0, 10))
     path = tmp_path / "with-tokenizer"

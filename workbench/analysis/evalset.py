@@ -118,4 +118,9 @@ def resolve(run: "Run", analyses: list["Analysis"], eval_data: str | os.PathLike
         needs = "needs" if len(forward) == 1 else "need"
         raise UsageError(f"{', '.join(forward)} {needs} a forward pass, but {run.location} has no "
                          f"{' and no '.join(missing)} (an imported run?): {'; '.join(how)}")
+    n_tokens = sum(len(ids) for ids in eval_set.token_ids(run.tokenizer))
+    if n_tokens < 2:
+        where = "the run's held-out documents" if eval_set.source == "run" else f"evaluation set {eval_set.source}"
+        raise UsageError(f"{where} hold {n_tokens} token(s) under the run's tokenizer; a forward analysis needs "
+                         f"at least 2 (give a larger one with `--eval-data FILE`)")
     return eval_set
