@@ -252,7 +252,7 @@ def part_a(size: str, batch: int, seq_len: int, n_batches: int, reps: int, tmp: 
     def capture_only(bs):
         with torch.no_grad():
             for b in bs:
-                forward.stream(model, b, HOOKS, lambda name, x: None)
+                forward.stream(model, b.ids, HOOKS, lambda name, x: None)
 
     tl_names = {f"blocks.{l}.{h}" for l in range(cfg.num_hidden_layers) for h in TL_HOOKS}
 

@@ -93,7 +93,7 @@ class Activations(Analysis):
             layers.setdefault(layer, LayerStats(self.params.massive_k)).update(name.split(".", 2)[2], x, batch.first)
 
         with torch.no_grad():
-            forward.stream(model, batch, HOOKS, fn)
+            forward.stream(model, batch.ids, HOOKS, fn)
 
     def dataset(self, layers: list[LayerStats], batches: list[forward.Batch]) -> xr.Dataset:
         """The Dataset of per-layer statistics (merged over any batches or partitions)."""

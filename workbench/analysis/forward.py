@@ -122,14 +122,14 @@ def model(ctx: "StepContext", step: int | None = None) -> torch.nn.Module:
     return _MODEL["model"]
 
 
-def residuals(model: torch.nn.Module, batch: Batch, last_only: bool = False) -> dict[int, torch.Tensor]:
-    """The residual stream after every block (or only the last), `{layer: [token, d_model]}` with tokens
-    row-major, from a forward pass without the unembedding."""
+def residuals(model: torch.nn.Module, ids: torch.Tensor, last_only: bool = False) -> dict[int, torch.Tensor]:
+    """The residual stream after every block (or only the last) for token ids `[batch, pos]`, as
+    `{layer: [token, d_model]}` with tokens row-major, from a forward pass without the unembedding."""
     from workbench.models.capture import n_layers
 
     names = [f"blocks.{n_layers(model) - 1}.hook_resid_post"] if last_only else ["blocks.{l}.hook_resid_post"]
     out: dict[int, torch.Tensor] = {}
-    stream(model, batch, names, lambda name, x: out.__setitem__(layer_of(name), x.flatten(0, 1)))
+    stream(model, ids, names, lambda name, x: out.__setitem__(layer_of(name), x.flatten(0, 1)))
     return out
 
 
@@ -147,18 +147,12 @@ def log_probs(model: torch.nn.Module, resid: torch.Tensor) -> torch.Tensor:
     return unembed(model, resid).float().log_softmax(-1)
 
 
-def logits(model: torch.nn.Module, ids: torch.Tensor, names=(), fn=None) -> torch.Tensor:
+def stream(model: torch.nn.Module, ids: torch.Tensor, names, fn) -> None:
+    """A forward pass of token ids `[batch, pos]` for its activations only (`fn(name, tensor)`), without the
+    unembedding."""
     from workbench.models.capture import capture
 
-    out, _ = capture(model, ids.to(next(model.parameters()).device), names, fn=fn)
-    return out.float()
-
-
-def stream(model: torch.nn.Module, batch: Batch, names, fn) -> None:
-    """A forward pass for its activations only (`fn(name, tensor)`), without the unembedding."""
-    from workbench.models.capture import capture
-
-    capture(model, batch.ids.to(next(model.parameters()).device), names, fn=fn, logits=False)
+    capture(model, ids.to(next(model.parameters()).device), names, fn=fn, logits=False)
 
 
 def layer_of(name: str) -> int:

@@ -33,7 +33,7 @@ class Lens(Analysis):
         agree: dict[int, stats.Mean] = {}
         with torch.no_grad():
             for b in forward.eval_batches(ctx, p):
-                resid = forward.residuals(model, b)  # {layer: [token, d_model]}
+                resid = forward.residuals(model, b.ids)  # {layer: [token, d_model]}
                 last = resid[max(resid)]
                 for c in forward.token_chunks(last.shape[0]):
                     log_final = forward.log_probs(model, last[c])  # [chunk, vocab]

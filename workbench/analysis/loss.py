@@ -40,7 +40,7 @@ class Loss(Analysis):
         losses, domains, positions, targets = [], [], [], []
         with torch.no_grad():
             for b in forward.eval_batches(ctx, p):
-                (last,) = forward.residuals(model, b, last_only=True).values()  # [token, d_model]
+                (last,) = forward.residuals(model, b.ids, last_only=True).values()  # [token, d_model]
                 y = b.targets.flatten().to(last.device)
                 loss = torch.cat([torch.nn.functional.nll_loss(forward.log_probs(model, last[c]), y[c], reduction="none")
                                   for c in forward.token_chunks(len(y))])

@@ -28,6 +28,7 @@ import xarray as xr
 from workbench.analysis import forward
 from workbench.analysis.engine import Analysis, StepContext, register
 from workbench.errors import UsageError
+from workbench.models.capture import unembed
 from workbench.store.layout import DOCUMENTS, ORDER
 
 CANARIES = "data/canaries"
@@ -139,7 +140,8 @@ def greedy(model: torch.nn.Module, prompts: list[tuple[int, ...]], lengths: list
             idx = members[j: j + batch_size]
             ids = torch.tensor([prompts[i] for i in idx], dtype=torch.int64, device=device)
             for _ in range(n):
-                nxt = forward.logits(model, ids)[:, -1].argmax(-1, keepdim=True)
+                (last,) = forward.residuals(model, ids, last_only=True).values()  # [batch * pos, d_model]
+                nxt = unembed(model, last.view(*ids.shape, -1)[:, -1]).argmax(-1, keepdim=True)  # last position only
                 ids = torch.cat([ids, nxt], 1)
             for row, i in zip(ids[:, -n:].tolist() if n else [[]] * len(idx), idx):
                 out[i] = row

@@ -68,7 +68,7 @@ class Similarity(Analysis):
         resid: dict[int, list[torch.Tensor]] = {}
         with torch.no_grad():
             for b in sample(ctx, self.params.tokens, forward.seq_len(ctx, self.params.seq_len)):
-                forward.stream(model, b, ["blocks.{l}.hook_resid_post"],
+                forward.stream(model, b.ids, ["blocks.{l}.hook_resid_post"],
                                lambda name, x: resid.setdefault(forward.layer_of(name), []).append(x.flatten(0, 1).cpu()))
         return normalized_grams([torch.cat(resid[l])[: self.params.tokens] for l in sorted(resid)])
 
