@@ -33,7 +33,7 @@ every 2-D parameter at every step (`workbench.analysis.weights.matrix_statistics
   memory, one process with torch on every core;
 - by `analyze(run, ["weights"], workers=N)` for N = 0 (in this process, no Dask), 1 and 2: "cold" starts
   its own LocalCluster (start-up included), "warm" attaches to an already started one of N worker
-  processes (`runner.local_cluster(N)`, `scheduler=ADDRESS`), so the difference is the cluster start-up.
+  processes (`executors.local_cluster(N)`, `scheduler=ADDRESS`), so the difference is the cluster start-up.
 Every engine run recomputes and commits all steps (`recompute=True`), so the times include writing the
 results into the run; no checkpoint is cached from an earlier run. Times are medians over `--reps`, each rep
 running every variant in turn; ratios are plain loop time / engine time (> 1: the engine is faster). The
@@ -56,7 +56,7 @@ import xarray as xr
 
 import workbench
 from workbench.analysis import analyze
-from workbench.analysis.runner import local_cluster
+from workbench.analysis.executors import local_cluster
 from workbench.analysis.weights import STATISTICS, matrix_statistics
 
 SIZES = {  # LlamaConfig fields, as in benchmarks/store.py
@@ -116,8 +116,6 @@ def part_b(size: str, steps: int, reps: int, tmp: Path) -> None:
 
     from distributed import Client
 
-    from workbench.analysis import engine
-
     t0 = perf_counter()
     path, n_params = make_run(tmp / f"run-{size}", size, steps)
     print(f"\n(b) weights: {size} LLaMA ({n_params / 1e6:.1f}M parameters), {steps} checkpoints, written in "
@@ -132,9 +130,8 @@ def part_b(size: str, steps: int, reps: int, tmp: Path) -> None:
             warm[workers] = (cluster.scheduler_address, client)
 
         def engine_run(**kwargs):
-            engine.clear_cache()  # no checkpoint cached from an earlier rep, in this process or the workers
-            for _, client in warm.values():
-                client.run(engine.clear_cache)
+            # Nothing is cached from an earlier rep: each analyze call registers a fresh WorkerState (and the
+            # results it commits change the run's snapshot, on which every cache is keyed).
             return lambda: analyze(path, ["weights"], recompute=True, progress=False, **kwargs)
 
         runs = {"plain loop (checkpoint().state_dict())": lambda: loop.update(plain_loop(path))}

@@ -18,6 +18,7 @@ from training.data.documents import Document
 from training.data.packing import PackedData, batch_at, pack, split_heldout
 from training.data.tokenizer import EOS, encode_documents, token_id, train_tokenizer
 from training.train_config import TrainConfig
+from workbench.errors import UsageError
 
 
 @dataclass
@@ -90,6 +91,9 @@ def build_dataset(cfg: TrainConfig, vocab_size: int, tokenizer=None) -> Dataset:
     train_ids, heldout = split_heldout(documents, cfg.heldout_fraction, cfg.data_seed, keep_in_train=planted)
     if tokenizer is None:
         tokenizer = train_tokenizer((d.text for d in documents), vocab_size=vocab_size)
+    if vocab_size < (needed := tokenizer.get_vocab_size()):
+        raise UsageError(f"vocab_size {vocab_size} in [model] is smaller than the tokenizer's {needed} tokens; "
+                         f"set vocab_size >= {needed}")
     tokenizer.encode_special_tokens = True
     by_id = {d.id: d for d in documents}
     token_ids = encode_documents(tokenizer, [by_id[i] for i in train_ids])

@@ -1,49 +1,64 @@
 """A LLaMA, readable top to bottom: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU, tied or
-untied embeddings. Parameter names equal HF `LlamaForCausalLM`'s, so an HF state dict loads unchanged.
+untied embeddings, loading from a state dict and greedy generation. Parameter names equal HF
+`LlamaForCausalLM`'s, so an HF state dict loads unchanged.
 
-The elementwise ops and the loss come from `training.kernels`: fused Triton kernels on CUDA, the PyTorch
-reference on CPU. One switch (`use_triton`), the same parameters.
+The elementwise ops and the loss follow the tensor's device (`training.kernels`): fused Triton kernels on
+CUDA, the PyTorch reference elsewhere.
 
-Activations are captured under TransformerLens hook names (`blocks.{l}.hook_resid_pre`, ...) by passing a
-`Capture`; without one, the forward pass does no extra work.
+Activations pass through hook points (TransformerLens' `HookPoint`): identity modules whose names come from
+the module tree, translated to TransformerLens names (`model.layers.3.self_attn.hook_pattern` is
+`blocks.3.attn.hook_pattern`). `with model.hooks(names, fn):` hands each named activation to `fn(name, x)` as
+the pass produces it; with no hook active the forward pass does no extra work.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.config import ModelConfig
-from training.kernels import get_ops
+from training.kernels import Ops, get_ops
+from workbench.errors import IncompatibleCheckpoint, UsageError
+
+__all__ = ["HOOKS", "HookPoint", "Llama", "ModelConfig", "checkpoint_state", "load_checkpoint_state"]
+
+# TransformerLens names of every hook point, `{l}` for the layer (a test checks them against the module tree).
+HOOKS = ("hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.ln1.hook_normalized", "blocks.{l}.attn.hook_pattern",
+         "blocks.{l}.hook_attn_out", "blocks.{l}.hook_resid_mid", "blocks.{l}.ln2.hook_normalized",
+         "blocks.{l}.mlp.hook_pre", "blocks.{l}.mlp.hook_post", "blocks.{l}.hook_mlp_out", "blocks.{l}.hook_resid_post",
+         "ln_final.hook_normalized")
+# Module-tree path -> TransformerLens name, in order (`model.layers.0.input_layernorm.hook_normalized` ->
+# `blocks.0.ln1.hook_normalized`, `model.norm.hook_normalized` -> `ln_final.hook_normalized`).
+_TL_NAMES = (("model.layers.", "blocks."), (".self_attn.", ".attn."), (".input_layernorm.", ".ln1."),
+             (".post_attention_layernorm.", ".ln2."), ("model.norm.", "ln_final."), ("model.", ""))
 
 
-HOOKS = ("hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.attn.hook_pattern", "blocks.{l}.hook_attn_out",
-         "blocks.{l}.hook_resid_mid", "blocks.{l}.mlp.hook_pre", "blocks.{l}.mlp.hook_post", "blocks.{l}.hook_mlp_out",
-         "blocks.{l}.hook_resid_post", "ln_final.hook_normalized")
+def ops_for(x: torch.Tensor) -> Ops:
+    """Triton kernels for CUDA tensors, the PyTorch reference otherwise."""
+    return get_ops(x.is_cuda)
 
 
-class Capture:
-    """Which activations to keep, by TransformerLens hook name, and the kept tensors (`cache`).
+class HookPoint(nn.Module):
+    """Identity that hands its input to `fn(name, x)` while a capture is active; `name` is its TransformerLens
+    name, set from the module tree when the model is built."""
 
-    A hook's tensor is handed to `fn(name, tensor)` when given (for running statistics that never keep the
-    activations), else stored detached in `cache`.
-    """
+    def __init__(self):
+        super().__init__()
+        self.name, self.fn = "", None
 
-    def __init__(self, names, fn=None):
-        self.names, self.fn, self.cache = set(names), fn, {}
+    @property
+    def active(self) -> bool:
+        return self.fn is not None
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.names
-
-    def __call__(self, name: str, x: torch.Tensor) -> None:
-        if name in self.names:
-            if self.fn is not None:
-                self.fn(name, x)
-            else:
-                self.cache[name] = x.detach()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fn is not None:
+            self.fn(self.name, x)
+        return x
 
 
 class RMSNorm(nn.Module):
@@ -51,9 +66,14 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.hook_normalized = HookPoint()  # x / rms(x), before the weight, as TransformerLens'
 
-    def forward(self, x, ops):  # [batch, pos, d_model]
-        return ops.rms_norm(x, self.weight, self.eps)
+    def forward(self, x):  # [batch, pos, d_model]
+        if not self.hook_normalized.active:
+            return ops_for(x).rms_norm(x, self.weight, self.eps)
+        x32 = x.float()
+        normalized = self.hook_normalized((x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype))
+        return self.weight * normalized
 
 
 class Rotary(nn.Module):
@@ -78,30 +98,31 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.hook_pattern = HookPoint()  # [batch, head, query, key]
 
-    def forward(self, x, cos, sin, ops, capture=None, pattern_hook: str = ""):
+    def forward(self, x, cos, sin):
         b, t, _ = x.shape  # [batch, pos, d_model]
+        ops = ops_for(x)
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # [batch, pos, head, d_head]
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)  # [batch, pos, kv_head, d_head]
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim)
         q, k = ops.rotary(q, cos, sin), ops.rotary(k, cos, sin)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [batch, head, pos, d_head]
-        if capture is not None and pattern_hook in capture:
-            z = self._explicit(q, k, v, capture, pattern_hook)
+        if self.hook_pattern.active:  # SDPA never forms the pattern
+            z = self._explicit(q, k, v)
         else:
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(z.transpose(1, 2).reshape(b, t, -1))  # [batch, pos, d_model]
 
-    def _explicit(self, q, k, v, capture, pattern_hook):
-        """Attention with the pattern materialised, for when it is asked for (SDPA never forms it)."""
+    def _explicit(self, q, k, v):
+        """Attention with the pattern materialised and handed to `hook_pattern`."""
         b, _, t, d = q.shape
         group = self.n_heads // self.n_kv
         q = (q / math.sqrt(d)).view(b, self.n_kv, group, t, d)  # the heads of a kv head share its k and v
         scores = (q @ k.unsqueeze(2).transpose(-1, -2)).view(b, self.n_heads, t, t)  # [batch, head, query, key]
         scores = scores.float() if scores.dtype != torch.float32 else scores
         future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
-        pattern = scores.masked_fill_(future, float("-inf")).softmax(-1).to(q.dtype)
-        capture(pattern_hook, pattern)
+        pattern = self.hook_pattern(scores.masked_fill_(future, float("-inf")).softmax(-1).to(q.dtype))
         z = pattern.view(b, self.n_kv, group, t, t) @ v.unsqueeze(2)  # [batch, kv_head, group, pos, d_head]
         return z.view(b, self.n_heads, t, d)
 
@@ -112,9 +133,12 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.hook_pre = HookPoint()  # the activation function's input (the gate), as TransformerLens' gated MLPs
+        self.hook_post = HookPoint()  # the output projection's input
 
-    def forward(self, x, ops):  # [batch, pos, d_model]
-        return self.down_proj(ops.swiglu(self.gate_proj(x), self.up_proj(x)))  # via [batch, pos, d_mlp]
+    def forward(self, x):  # [batch, pos, d_model]
+        gate = self.hook_pre(self.gate_proj(x))  # [batch, pos, d_mlp]
+        return self.down_proj(self.hook_post(ops_for(x).swiglu(gate, self.up_proj(x))))
 
 
 class Block(nn.Module):
@@ -124,49 +148,61 @@ class Block(nn.Module):
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
+        for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
+            setattr(self, name, HookPoint())
 
-    def forward(self, x, cos, sin, ops, capture=None, prefix: str = ""):  # [batch, pos, d_model]
-        if capture is None:
-            x = x + self.self_attn(self.input_layernorm(x, ops), cos, sin, ops)
-            return x + self.mlp(self.post_attention_layernorm(x, ops), ops)
-        capture(f"{prefix}.hook_resid_pre", x)
-        attn_out = self.self_attn(self.input_layernorm(x, ops), cos, sin, ops, capture, f"{prefix}.attn.hook_pattern")
-        capture(f"{prefix}.hook_attn_out", attn_out)
-        x = x + attn_out
-        capture(f"{prefix}.hook_resid_mid", x)
-        mlp = self.mlp
-        gate = mlp.gate_proj(h := self.post_attention_layernorm(x, ops))  # [batch, pos, d_mlp]
-        capture(f"{prefix}.mlp.hook_pre", gate)  # the activation function's input, as TransformerLens's gated MLPs
-        post = ops.swiglu(gate, mlp.up_proj(h))
-        capture(f"{prefix}.mlp.hook_post", post)
-        mlp_out = mlp.down_proj(post)
-        capture(f"{prefix}.hook_mlp_out", mlp_out)
-        x = x + mlp_out
-        capture(f"{prefix}.hook_resid_post", x)
-        return x
+    def forward(self, x, cos, sin):  # [batch, pos, d_model]
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.self_attn(self.input_layernorm(x), cos, sin)))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.post_attention_layernorm(x))))
 
 
 class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.hook_embed = HookPoint()
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
+
+    def forward(self, input_ids):  # [batch, pos]
+        x = self.hook_embed(self.embed_tokens(input_ids))  # [batch, pos, d_model]
+        cos, sin = self.rotary(input_ids.shape[1], x.dtype)  # [pos, d_head/2]
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.norm(x)
 
 
 class Llama(nn.Module):
     """LLaMA causal language model under HF parameter names (`model.layers.0.self_attn.q_proj.weight`, ...)."""
 
-    def __init__(self, cfg: ModelConfig, use_triton: bool | None = None):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
         self.model = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.use_triton = use_triton
+        for path, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = _tl_name(path)
         self.reset_parameters()
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig | dict, state: dict[str, torch.Tensor], device=None,
+                        dtype: torch.dtype | None = None) -> "Llama":
+        """A model with these weights (HF names; a tied `lm_head.weight` may be absent), in eval mode.
+        `config` is a `ModelConfig` or an HF config dict."""
+        cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_hf(config)
+        with torch.device("meta"):  # no random init of weights about to be overwritten
+            model = cls(cfg)
+        model = model.to_empty(device=device or "cpu")  # fresh tensors per module: the output embedding's tie is lost
+        if cfg.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.model.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta).to(device)
+        load_checkpoint_state(model, state)
+        return model.to(dtype).eval()
 
     def reset_parameters(self) -> None:
         """HF LLaMA initialisation: normal(0, initializer_range) for matrices, ones for norms."""
@@ -176,37 +212,48 @@ class Llama(nn.Module):
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
 
-    def ops(self, device: torch.device):
-        use = self.use_triton if self.use_triton is not None else device.type == "cuda"
-        return get_ops(use)
+    def hook_points(self) -> dict[str, HookPoint]:
+        """Every hook point by TransformerLens name."""
+        return {m.name: m for m in self.modules() if isinstance(m, HookPoint)}
 
-    def hidden_states(self, input_ids: torch.Tensor, capture: Capture | None = None) -> torch.Tensor:
+    @contextmanager
+    def hooks(self, names: Iterable[str], fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+        """Within the block, each forward pass hands the activations `names` to `fn(name, tensor)`."""
+        points = self.hook_points()
+        chosen = [points[n] for n in names if n in points]
+        if unknown := sorted(set(names) - points.keys()):
+            raise UsageError(f"no hook {unknown[0]!r} in this model; hooks: {', '.join(HOOKS)}")
+        for p in chosen:
+            p.fn = fn
+        try:
+            yield
+        finally:
+            for p in chosen:
+                p.fn = None
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final normalised residual stream, [batch, pos, d_model]."""
-        ops = self.ops(input_ids.device)
-        x = self.model.embed_tokens(input_ids)  # [batch, pos, d_model]
-        cos, sin = self.model.rotary(input_ids.shape[1], x.dtype)  # [pos, d_head/2]
-        if capture is not None:
-            capture("hook_embed", x)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, ops, capture, f"blocks.{i}")
-        if capture is not None and "ln_final.hook_normalized" in capture:
-            # TransformerLens's hook_normalized is x / rms(x), before the weight.
-            x32 = x.float()
-            capture("ln_final.hook_normalized", (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) +
-                                                                   self.config.rms_norm_eps)).to(x.dtype))
-        return self.model.norm(x, ops)
+        return self.model(input_ids)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean",
-                capture: Capture | None = None):
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
         """Logits [batch, pos, vocab] without targets; with targets, the cross-entropy loss computed by the
-        fused linear + cross-entropy op, which never materialises the full logits. `capture` collects
-        activations by TransformerLens hook name."""
-        h = self.hidden_states(input_ids, capture)
+        fused linear + cross-entropy op, which never materialises the full logits."""
+        h = self.model(input_ids)  # [batch, pos, d_model]
         if targets is None:
             return self.lm_head(h)
-        ops = self.ops(input_ids.device)
-        loss = ops.linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction=reduction)
+        loss = ops_for(h).linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+                                               reduction=reduction)
         return loss if reduction == "mean" else loss.view(targets.shape)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation, `[batch, pos]` -> `[batch, pos + max_new_tokens]`. Without a KV cache, as
+        nanoGPT's: each new token reruns the prefix (cropped to the context) and unembeds its last position."""
+        context = self.config.max_position_embeddings
+        for _ in range(max_new_tokens):
+            last = self.model(input_ids[:, -context:])[:, -1]  # [batch, d_model]
+            input_ids = torch.cat([input_ids, self.lm_head(last).argmax(-1, keepdim=True)], 1)
+        return input_ids
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}
@@ -222,16 +269,31 @@ class Llama(nn.Module):
         return 6 * n + attn
 
 
+def _tl_name(path: str) -> str:
+    for old, new in _TL_NAMES:
+        path = path.replace(old, new, 1)
+    return path
+
+
 def checkpoint_state(model: Llama) -> dict[str, torch.Tensor]:
     """The state dict to store: parameters only, without the tied `lm_head.weight` (as HF saves it)."""
-    state = {k: v for k, v in model.state_dict().items()}
+    state = dict(model.state_dict())
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     return state
 
 
 def load_checkpoint_state(model: Llama, state: dict[str, torch.Tensor]) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    """Load `state` (HF names), every parameter accounted for; a tied `lm_head.weight` may be absent.
+    `IncompatibleCheckpoint` names the first tensor that does not fit."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]  # "Error(s) in loading ...", then one per tensor
+        raise IncompatibleCheckpoint(f"the tensors do not fit the model the config describes: {lines[min(1, len(lines) - 1)]}"
+                                     ) from None
     missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
     if missing or unexpected:
-        raise KeyError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+        what = f"lacks {missing[0]}, needed by" if missing else f"has {unexpected[0]}, unknown to"
+        raise IncompatibleCheckpoint(f"the checkpoint {what} the model its config describes "
+                                     f"({len(missing)} missing, {len(unexpected)} unexpected)")

@@ -7,7 +7,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from training.config import ModelConfig
-from training.train_config import TrainConfig
+from training.train_config import TrainConfig, with_overrides
 from workbench.errors import UsageError
 
 PRESETS: dict[str, tuple[dict, dict]] = {
@@ -65,6 +65,5 @@ def load(config_path: str | Path | None = None, preset_name: str | None = None, 
             model_cfg, train_cfg = preset(train_doc["preset"])
         model_cfg = ModelConfig(**{**asdict(model_cfg), "head_dim": None, **model_doc})
         train_cfg = replace(train_cfg, **train_doc)
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     _check_keys(overrides, TrainConfig, "training")
-    return model_cfg, replace(train_cfg, **overrides)
+    return model_cfg, with_overrides(train_cfg, **overrides)

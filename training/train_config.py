@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+
+from training.config import check_bool, check_int, check_number, require
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_train_value(name: str, value: object, label: str) -> None:
+    """Raise a one-line UsageError naming `label` unless `value` is valid for the TrainConfig field `name`."""
+    match name:
+        case "max_steps" | "every" | "batch_size" | "seq_len" | "n_documents":
+            check_int(label, value)
+        case "warmup_steps" | "seed" | "data_seed":
+            check_int(label, value, minimum=0)
+        case "lr" | "adam_eps" | "grad_clip":
+            check_number(label, value)
+        case "weight_decay":
+            check_number(label, value, zero_ok=True)
+        case "min_lr_ratio":
+            check_number(label, value, zero_ok=True, high=1, high_ok=True)
+        case "beta1" | "beta2" | "heldout_fraction":
+            check_number(label, value, zero_ok=True, high=1)
+        case "early":
+            check_bool(label, value)
+        case "device":
+            require(value in DEVICES, label, "one of " + ", ".join(DEVICES), value)
+        case "preset" | "corpus" | "text_field":
+            require(isinstance(value, str) and value != "", label, "a non-empty string", value)
 
 
 @dataclass
@@ -29,9 +56,21 @@ class TrainConfig:
     heldout_fraction: float = 0.05
     device: str = "auto"  # auto | cpu | cuda
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_train_value(f.name, getattr(self, f.name), f"[train] {f.name}")
+
     def checkpoint_steps(self) -> list[int]:
         """Steps that get a checkpoint: 0, the log-spaced early steps, every `every`, and the last."""
         steps = set(range(0, self.max_steps + 1, self.every)) | {self.max_steps}
         if self.early:
             steps |= {2**i for i in range(10) if 2**i <= self.max_steps}
         return sorted(steps)
+
+
+def with_overrides(cfg: TrainConfig, **overrides) -> TrainConfig:
+    """`cfg` with the command-line `overrides` that are not None; a bad one is named as its option (`--max-steps`)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for name, value in given.items():
+        check_train_value(name, value, "--" + name.replace("_", "-"))
+    return replace(cfg, **given)

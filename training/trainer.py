@@ -18,7 +18,7 @@ import torch
 from training.config import ModelConfig
 from training.dataset import Dataset, build_dataset
 from training.model import Llama, checkpoint_state, load_checkpoint_state
-from training.train_config import TrainConfig
+from training.train_config import TrainConfig, with_overrides
 from training.writer_thread import BackgroundWriter, host_copy
 from workbench.errors import UsageError, WorkbenchError
 
@@ -37,8 +37,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA device is available")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
@@ -74,6 +72,10 @@ class Trainer:
                  progress: bool = True):
         self.model_cfg, self.cfg, self.out, self.progress, self.resume = model_cfg, cfg, str(out), progress, resume
         self.device = resolve_device(cfg.device)
+        if not resume:
+            from workbench.store.storage import check_new_location
+
+            check_new_location(self.out)  # before minutes of corpus and tokenizer building
         if cfg.seq_len > model_cfg.max_position_embeddings:
             raise UsageError(f"seq_len {cfg.seq_len} exceeds max_position_embeddings {model_cfg.max_position_embeddings}")
 
@@ -81,12 +83,12 @@ class Trainer:
     def resuming(cls, out: str | Path, model_cfg: ModelConfig | None = None, progress: bool = True,
                  **overrides) -> "Trainer":
         """A trainer that continues the run at `out` with its stored configs (`overrides`: max_steps, device)."""
-        import workbench
+        from workbench.store import Run
 
-        run = workbench.open(out)
+        run = Run(out)
         if not run.train_config or "max_steps" not in run.train_config:
             raise UsageError(f"{out} was not written by the trainer (an imported run?); nothing to resume")
-        cfg = replace(TrainConfig(**run.train_config), **{k: v for k, v in overrides.items() if v is not None})
+        cfg = with_overrides(TrainConfig(**run.train_config), **overrides)
         stored = ModelConfig.from_hf(run.model_config)
         if model_cfg is not None:
             ours = replace(model_cfg, eos_token_id=stored.eos_token_id, bos_token_id=stored.bos_token_id)
@@ -97,13 +99,13 @@ class Trainer:
 
     def train(self) -> str:
         """Train to `max_steps`; returns the run's location."""
-        import workbench
+        from workbench import store
 
         torch.manual_seed(self.cfg.seed)
         model = Llama(self.model_cfg).to(self.device)
         opt = make_optimizer(model, self.cfg)
         if self.resume:
-            run = workbench.open(self.out)
+            run = store.Run(self.out)
             if not run.steps:
                 raise UsageError(f"{self.out} has no checkpoint to resume from; delete it and train again")
             start = run.steps[-1]
@@ -112,12 +114,12 @@ class Trainer:
             load_optimizer_state(model, opt, ckpt.optimizer_state() or {})
             data = build_dataset(self.cfg, self.model_cfg.vocab_size, tokenizer=run.tokenizer)
             tokens_seen = int(run.metrics()["tokens"].iloc[-1]) if start > 0 else 0
-            writer = workbench.RunWriter(self.out)
+            writer = store.RunWriter(self.out)
         else:
             data = build_dataset(self.cfg, self.model_cfg.vocab_size)
             self.model_cfg.eos_token_id = data.eos_id
-            writer = workbench.create(self.out, model_config=self.model_cfg.to_hf(), tokenizer=data.tokenizer,
-                                      train_config=asdict(self.cfg))
+            writer = store.create(self.out, model_config=self.model_cfg.to_hf(), tokenizer=data.tokenizer,
+                                  train_config=asdict(self.cfg))
             # The corpus and step 0 in one commit: a run either has both or no checkpoint at all.
             writer.write_checkpoint(0, host_copy(checkpoint_state(model)), tables=data.tables())
             start, tokens_seen = 0, 0

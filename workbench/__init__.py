@@ -13,12 +13,12 @@ __version__ = "0.1.0"
 __all__ = ["open", "create", "Run", "Checkpoint", "RunWriter", "errors"]
 
 if TYPE_CHECKING:
-    from workbench.store import Checkpoint, Run, RunWriter, create
+    from workbench.api import Checkpoint, Run, RunWriter, create
 
 
 def open(location) -> "Run":  # noqa: A001 - mirrors zarr.open / xarray.open_dataset
     """Open the run at a local folder or an `s3://bucket/prefix` URL."""
-    from workbench.store import Run
+    from workbench.api import Run
 
     return Run(location)
 
@@ -26,9 +26,9 @@ def open(location) -> "Run":  # noqa: A001 - mirrors zarr.open / xarray.open_dat
 def __getattr__(name: str):
     # Heavy modules (torch, zarr, icechunk) load on first use, so `import workbench` stays cheap.
     if name in ("create", "Run", "Checkpoint", "RunWriter"):
-        import workbench.store
+        import workbench.api
 
-        return getattr(workbench.store, name)
+        return getattr(workbench.api, name)
     if name == "errors":
         import workbench.errors
 

@@ -111,10 +111,11 @@ def import_hf(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace steps already in the run")] = False,
 ):
     """Import HuggingFace checkpoint folders (Pythia step1000, HF checkpoint-1000, Megatron iter_0001000)."""
+    from workbench.models.config_check import check_against_config
     from workbench.store.hf import import_hf as run_import
 
     steps = run_import(src, out, step=step, allow_pickle=allow_pickle, tokenizer=tokenizer, overwrite=overwrite,
-                       progress=sys.stderr.isatty())
+                       progress=sys.stderr.isatty(), validate=check_against_config)
     typer.echo(f"imported {len(steps)} checkpoint(s) into {out}: {_steps_text(steps)}")
 
 
@@ -166,7 +167,10 @@ def data_find(run: RunArg, text: Annotated[str, typer.Argument(help="text to sea
               limit: Annotated[int, typer.Option(help="most documents to list")] = 20):
     """Documents that contain TEXT, and the training steps at which each was seen."""
     import workbench
+    from workbench.errors import UsageError
 
+    if limit < 1:
+        raise UsageError(f"--limit must be a positive integer, got {limit}")
     r = workbench.open(run)
     hits = r.find_documents(text)
     for doc in hits[:limit]:
@@ -228,17 +232,17 @@ def results_cmd(
     import pandas as pd
 
     import workbench
-    from workbench.analysis import Analysis, registry, stored
+    from workbench.analysis import Analysis, registry
     from workbench.errors import StepNotFound
 
     r = workbench.open(run)
     if name is None:
-        found = stored(r)
+        found = r.stored_results()
         if not found:
             typer.echo(f"no results stored in {run}; compute them with `wb analyze {run}`")
         for n, info in found.items():
-            params = json.dumps(info["analysis"].get("params", {}), sort_keys=True)
-            typer.echo(f"{n:<16} {len(info['steps']):>6} step(s): {_steps_text(info['steps'])}  params {params}")
+            params = json.dumps(info.analysis.get("params", {}), sort_keys=True)
+            typer.echo(f"{n:<16} {len(info.steps):>6} step(s): {_steps_text(info.steps)}  params {params}")
         return
     ds = r.results(name)
     have = [int(s) for s in ds["step"].values]

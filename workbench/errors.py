@@ -22,8 +22,13 @@ class UsageError(WorkbenchError):
     exit_code = 2
 
 
-class RunNotFound(WorkbenchError):
+class RunNotFound(UsageError):
     """The path or URL holds no workbench run."""
+
+
+class MissingData(WorkbenchError):
+    """Data this run does not hold (training metrics, data order or corpus of an imported run, results not
+    computed yet)."""
 
 
 class StepNotFound(WorkbenchError):
@@ -46,12 +51,24 @@ class StepExists(WorkbenchError):
 
 
 class CorruptData(WorkbenchError):
-    """Stored bytes that fail their checksum or cannot be decoded."""
+    """Stored bytes that fail their checksum or cannot be decoded (never an I/O error: see `ReadFailed`)."""
 
     def __init__(self, array: str, step: int | None, detail: str):
         self.array, self.step = array, step
-        where = f"{array} at step {step}" if step is not None else array
-        super().__init__(f"corrupt data in {where}: {detail}")
+        super().__init__(f"corrupt data in {_where(array, step)}: {detail}")
+
+
+class ReadFailed(WorkbenchError):
+    """Reading stored bytes failed (a disk or network error): nothing is known to be wrong with the data."""
+
+    def __init__(self, array: str, step: int | None, detail: str):
+        self.array, self.step = array, step
+        super().__init__(f"could not read {_where(array, step)}: {detail}; the stored data were not checked "
+                         "(a disk or network problem?): try again")
+
+
+def _where(array: str, step: int | None) -> str:
+    return f"{array} at step {step}" if step is not None else array
 
 
 class IncompatibleCheckpoint(WorkbenchError):

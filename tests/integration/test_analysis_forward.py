@@ -20,7 +20,7 @@ import xarray as xr
 
 import workbench
 from workbench.analysis import analyze
-from workbench.errors import UsageError
+from workbench.errors import MissingData, UsageError
 
 STEPS = (0, 30)  # analysed steps: 0 is the first checkpoint (cka_prev NaN, nothing seen yet)
 MEMO_STEPS = (0, 15, 30)  # memorization also halfway, where only some sequences were seen yet
@@ -434,7 +434,7 @@ def test_memorization_sequences_greedy_continuations_and_exposure_counts(run, tr
 def test_times_seen_counts_a_batch_once_when_it_holds_several_copies(run, training, monkeypatch):
     """A batch holding two pieces of a target (two copies of a canary, or a span cut across two rows of one
     batch) is one exposure: `times_seen` counts batches, as documented, not pieces."""
-    from workbench.analysis import engine, memorization
+    from workbench.analysis import StepContext, WorkerState, memorization
 
     docs, batches = training
     # Find, in the recorded data order, a document with two pieces in one batch and a canary with two
@@ -457,7 +457,7 @@ def test_times_seen_counts_a_batch_once_when_it_holds_several_copies(run, traini
                               tuple((d, 0, 10**6) for d in carriers)),  # every token of every copy
     ]
     monkeypatch.setattr(memorization, "sequences", lambda run, params: seqs)
-    ctx = engine.StepContext(run, 30, tuple(run.steps))
+    ctx = StepContext(run, 30, tuple(run.steps), WorkerState())
     ds = memorization.Memorization().compute(ctx)
     assert step_a in seen_steps(batches, seqs[0].spans, 30)
     for i, s in enumerate(seqs):
@@ -476,9 +476,9 @@ def test_memorization_needs_a_corpus_and_is_skipped_when_not_asked_for(run, tmp_
     data = tmp_path / "eval.txt"
     heldout = run.documents().query("split == 'heldout'")["text"].head(3)
     data.write_text("\n".join(t.replace("\n", " ") for t in heldout) + "\n")
-    with pytest.raises(UsageError, match="corpus"):
+    with pytest.raises(MissingData, match="corpus"):
         analyze(path, ["memorization"], eval_data=data, workers=0, progress=False)
-    with caplog.at_level("WARNING", logger="workbench.analysis.runner"):
+    with caplog.at_level("WARNING", logger="workbench.analysis.plan"):
         done = analyze(path, eval_data=data, workers=0, progress=False)
     assert "skipping memorization" in caplog.text
     assert done == {"activations": [30], "lens": [30], "loss": [30], "similarity": [30], "weights": [30]}

@@ -86,7 +86,7 @@ def test_analyses():
 @pytest.fixture(scope="module")
 def cluster():
     """The scheduler address of a 2-process LocalCluster shared by this module's tests."""
-    from workbench.analysis.runner import local_cluster
+    from workbench.analysis.executors import local_cluster
 
     with local_cluster(2, threads=1) as c:
         yield c.scheduler_address
@@ -245,7 +245,7 @@ def test_an_interrupted_wb_analyze_finishes_on_rerun_without_recomputing(tmp_pat
     fresh = tmp_path / "fresh"  # what the killed driver's worker committed is what this process computes
     shutil.copytree(path, fresh)
     analyze(fresh, ["weights"], steps=committed, workers=0, recompute=True, progress=False)
-    xr.testing.assert_allclose(before, workbench.open(fresh).results("weights").load(), rtol=1e-6)
+    xr.testing.assert_allclose(before, workbench.open(fresh).results("weights").sel(step=committed).load(), rtol=1e-6)
 
 
 def _steps_text(steps):
@@ -266,3 +266,27 @@ def test_weights_on_a_trained_run_move_away_from_init(trained_run, cluster):
     assert np.all(np.isfinite(ratio)) and np.all(ratio > 0)
     assert np.all((ds["effective_rank"] <= np.minimum(ds["rows"], ds["cols"]) + 1e-9).values)
     assert np.all((ds["stable_rank"] >= 1 - 1e-9).values)
+
+
+def test_a_long_lived_cluster_recomputes_an_overwritten_checkpoint(run_path, cluster, hf_state_dicts):
+    """Workers keep what they read between `analyze` calls; a rewritten step must be read again."""
+    run = workbench.open(run_path)
+    run.analyze(["weights"], scheduler=cluster, progress=False)
+    tripled = {k: 3 * v for k, v in hf_state_dicts((20,))[20].items()}
+    workbench.RunWriter(run_path).write_checkpoint(20, tripled, overwrite=True)
+    run.analyze(["weights"], scheduler=cluster, recompute=True, progress=False)
+    got = run.results("weights")["frobenius_norm"].sel(step=20, param="model.layers.0.mlp.up_proj.weight")
+    want = torch.linalg.matrix_norm(tripled["model.layers.0.mlp.up_proj.weight"].double())
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+
+
+def test_recompute_while_this_process_holds_a_dask_client(run_path, cluster):
+    """Stored results are re-read in the driver, never through a Dask client the user happens to hold (the
+    writable session they come from cannot travel)."""
+    from distributed import Client
+
+    run = workbench.open(run_path)
+    run.analyze(["weights"], workers=0, progress=False)
+    with Client(cluster):
+        assert run.analyze(["weights"], steps=[10], workers=0, recompute=True, progress=False) == {"weights": [10]}
+    assert run.results("weights")["step"].values.tolist() == list(STEPS)

@@ -147,7 +147,7 @@ def test_verify_flags_a_foreign_checkpoint(tmp_path):
 
 def test_not_a_run_is_one_line_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "workbench.cli", "info", str(tmp_path)], capture_output=True, text=True)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a path of the wrong kind: a usage error
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
     proc = subprocess.run([sys.executable, "-m", "workbench.cli", "export", "hf", str(tmp_path)], capture_output=True,
                           text=True)

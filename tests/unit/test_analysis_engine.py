@@ -164,7 +164,7 @@ def test_forward_analysis_needs_a_tokenizer_and_an_evaluation_set(run_path, tmp_
 def test_all_analyses_skip_the_forward_ones_a_run_cannot_run(run_path, caplog):
     unregister(Broken.name)
     unregister(Intruder.name)
-    with caplog.at_level("WARNING", logger="workbench.analysis.runner"):
+    with caplog.at_level("WARNING", logger="workbench.analysis.plan"):
         done = analyze(run_path, steps=[0], workers=0, progress=False)
     assert done == {"test_echo": [0], "weights": [0]}
     assert ("skipping activations, lens, loss, memorization, similarity, test_tokens: activations, lens, loss, "
@@ -258,7 +258,7 @@ def test_results_cli_summaries(run_path):
     code, out = wb("results", run_path, "weights", "--step", "25")
     assert code == 1 and "nearest: 10, 20, 30" in out
     code, out = wb("results", run_path, "test_echo")
-    assert code == 2 and "no results of 'test_echo'" in out and "--only test_echo" in out
+    assert code == 1 and "no results of 'test_echo'" in out and "--only test_echo" in out  # missing data: exit 1
 
 
 def test_register_checks_its_input():
@@ -307,3 +307,11 @@ def test_a_corrupt_chunk_fails_only_the_steps_that_read_it(new_run, hf_state_dic
                                              r"params/model.layers.self_attn.q_proj.weight at step 10"):
         analyze(path, ["weights"], workers=0, progress=False)
     assert workbench.open(path).results("weights")["step"].values.tolist() == [0]
+
+
+def test_recomputing_some_steps_keeps_the_others_when_computed_alike(run_path):
+    run = workbench.open(run_path)
+    run.analyze(["test_echo"], workers=0, progress=False)
+    before = run.results("test_echo").load()
+    assert run.analyze(["test_echo"], steps=[10, 20], workers=0, recompute=True, progress=False) == {"test_echo": [10, 20]}
+    xr.testing.assert_identical(run.results("test_echo").load(), before)  # every step kept, the same numbers

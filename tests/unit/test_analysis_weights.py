@@ -8,7 +8,8 @@ import torch
 
 import workbench
 from workbench.analysis import analyze
-from workbench.analysis.weights import STATISTICS, checkpoint_distances, effective_rank, powerlaw_fit
+from workbench.analysis.weights import STATISTICS, effective_rank, powerlaw_fit
+from workbench.store.verify import checkpoint_distances
 
 STEPS = (0, 10, 20)
 

@@ -61,3 +61,32 @@ def test_tied_checkpoint_state_drops_lm_head():
     load_checkpoint_state(fresh, state)
     assert fresh.lm_head.weight.data_ptr() == fresh.model.embed_tokens.weight.data_ptr()
     assert torch.equal(fresh.lm_head.weight, hf.lm_head.weight)
+
+
+def test_from_state_dict_gives_the_same_model():
+    cfg, hf, ours = pair(tie_word_embeddings=True, num_key_value_heads=3)
+    loaded = Llama.from_state_dict(cfg.to_hf(), checkpoint_state(ours))
+    ids = torch.randint(0, cfg.vocab_size, (2, 13))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), ours(ids))
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_from_state_dict_names_a_missing_or_misshapen_tensor():
+    from workbench.errors import IncompatibleCheckpoint
+
+    cfg, hf, ours = pair()
+    state = checkpoint_state(ours)
+    with pytest.raises(IncompatibleCheckpoint, match="lacks model.layers.1.mlp.up_proj.weight"):
+        Llama.from_state_dict(cfg, {k: v for k, v in state.items() if k != "model.layers.1.mlp.up_proj.weight"})
+    bad = {**state, "model.norm.weight": torch.ones(7)}
+    with pytest.raises(IncompatibleCheckpoint, match="model.norm.weight"):
+        Llama.from_state_dict(cfg, bad)
+
+
+def test_greedy_generate_matches_transformers():
+    cfg, hf, ours = pair()
+    ids = torch.randint(0, cfg.vocab_size, (3, 5))
+    with torch.no_grad():
+        want = hf.generate(ids, max_new_tokens=9, min_new_tokens=9, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(ids, 9), want)

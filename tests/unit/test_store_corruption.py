@@ -102,3 +102,26 @@ def test_corrupt_chunk_in_a_trajectory_raises_corrupt_data(run_with_two_steps):
                                                for l in range(3)]).numpy())
     with pytest.raises(CorruptData, match="q_proj"):
         traj.values
+
+
+def test_an_io_error_is_not_reported_as_corrupt_data(run_with_two_steps, monkeypatch):
+    """A transient read failure (an S3 timeout) must not tell the user to distrust a sound run."""
+    import icechunk
+
+    from workbench.errors import ReadFailed
+
+    path, sds, _ = run_with_two_steps
+    run = workbench.open(path)
+
+    get = icechunk.IcechunkStore.get
+
+    async def unreachable(self, key, prototype, byte_range=None):
+        if "q_proj.weight/c/1/" in key:  # the chunks of step 10 (index 1) of one array
+            raise OSError("connection reset by peer")
+        return await get(self, key, prototype, byte_range)
+
+    monkeypatch.setattr(icechunk.IcechunkStore, "get", unreachable)
+    with pytest.raises(ReadFailed, match=r"could not read params/.* at step 10: .*connection reset by peer.*try again"):
+        run.checkpoint(10).state_dict()
+    with pytest.raises(ReadFailed, match="connection reset by peer"):
+        run.trajectory(TARGET).values

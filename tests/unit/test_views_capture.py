@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from workbench.models.capture import LAYOUTS, available_hooks, capture, unembed
+from workbench.models.capture import LAYOUTS, available_hooks, capture, generate, unembed
 
 TOL = 1e-5
 COMMON = dict(vocab_size=64, max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=None)
@@ -115,3 +115,55 @@ def test_parallel_gpt_neox_has_no_resid_mid():
 
     with pytest.raises(UsageError, match="no hook 'blocks.0.hook_resid_mid'"):
         capture(build(CASES["gpt_neox_parallel"]), torch.zeros(1, 3, dtype=torch.long), ["blocks.0.hook_resid_mid"])
+
+
+@pytest.mark.parametrize("case", ["llama", "gpt2", "gpt_neox_parallel", "olmo2"])
+def test_fn_gets_each_activation_while_the_pass_runs_and_keeps_nothing(case):
+    """With `fn`, every activation of block l reaches fn before block l + 1 starts, and the attention patterns
+    handed over are freed before the pass ends: the pass never holds every layer's activations at once."""
+    import weakref
+
+    config = CASES[case]
+    model = build(config)
+    layout = LAYOUTS[config.model_type]
+    events: list[tuple[str, object]] = []
+    patterns: list[weakref.ref] = []
+    alive_at_end: list[int] = []
+    blocks = model.get_submodule(layout.layers)
+    handles = [b.register_forward_pre_hook(lambda m, a, l=l: events.append(("start", l))) for l, b in enumerate(blocks)]
+    handles.append(model.get_submodule(layout.final_norm).register_forward_pre_hook(
+        lambda m, a: alive_at_end.append(sum(r() is not None for r in patterns))))
+
+    def fn(name, x):
+        events.append(("act", name))
+        if name.endswith("hook_pattern"):
+            patterns.append(weakref.ref(x))
+
+    hooks = [h for h in available_hooks(model) if h != "ln_final.hook_normalized"]
+    try:
+        capture(model, torch.randint(0, 64, (2, 9)), hooks, fn=fn, logits=False)
+    finally:
+        for h in handles:
+            h.remove()
+    starts = {l: events.index(("start", l)) for l in range(len(blocks))}
+    delivered = [(i, name) for i, (kind, name) in enumerate(events) if kind == "act"]
+    assert len(delivered) == len(capture(model, torch.zeros(1, 2, dtype=torch.long), hooks)[1])
+    for i, name in delivered:
+        if name.startswith("blocks."):
+            layer = int(name.split(".")[1])
+            assert starts[layer] < i, name
+            assert layer + 1 not in starts or i < starts[layer + 1], f"{name} arrived after block {layer + 1} started"
+        else:
+            assert i < starts[0], name  # embeddings
+    assert len(patterns) == len(blocks) and alive_at_end == [0]
+
+
+@pytest.mark.parametrize("case", ["gpt2", "gpt_neox_parallel"])
+def test_generate_on_a_transformers_model_is_greedy_decoding(case):
+    model = build(CASES[case])
+    model.generation_config.eos_token_id = None  # never stop early: compare all 6 tokens
+    ids = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                              pad_token_id=0)
+    assert want.shape == (2, 10) and torch.equal(generate(model, ids, 6), want)

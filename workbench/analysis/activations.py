@@ -25,7 +25,8 @@ import torch
 import xarray as xr
 
 from workbench.analysis import forward, stats
-from workbench.analysis.engine import Analysis, StepContext, register
+from workbench.analysis.base import Analysis, StepContext
+from workbench.analysis.registry import register
 
 HOOKS = ("blocks.{l}.hook_resid_post", "blocks.{l}.mlp.hook_pre", "blocks.{l}.attn.hook_pattern")
 
@@ -78,7 +79,7 @@ class Activations(Analysis):
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         p = self.params
-        model = forward.model(ctx)
+        model = ctx.model()
         layers: dict[int, LayerStats] = {}
         batches = forward.eval_batches(ctx, p)
         for b in batches:

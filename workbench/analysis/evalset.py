@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.errors import UsageError
 
 if TYPE_CHECKING:
-    from workbench.analysis.engine import Analysis
+    from workbench.analysis.base import Analysis
     from workbench.store.run import Run
 
 FORMATS = ".txt, .jsonl or .parquet of text"
@@ -34,7 +34,6 @@ class EvalSet:
     domains: tuple[str, ...]
     document_ids: tuple[int, ...]
     source: str  # "run" (held-out split of the stored corpus) or the file's path
-    _tokens: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -47,11 +46,9 @@ class EvalSet:
         return h.hexdigest()[:16]
 
     def token_ids(self, tokenizer) -> list[list[int]]:
-        """Each document's token ids (no special tokens), computed once per process."""
-        key = id(tokenizer)
-        if key not in self._tokens:
-            self._tokens[key] = [e.ids for e in tokenizer.encode_batch(list(self.texts), add_special_tokens=False)]
-        return self._tokens[key]
+        """Each document's token ids (no special tokens); analyses read them through `StepContext.eval_tokens`,
+        which keeps them per worker."""
+        return [e.ids for e in tokenizer.encode_batch(list(self.texts), add_special_tokens=False)]
 
 
 def heldout(run: "Run") -> EvalSet | None:
@@ -68,6 +65,8 @@ def heldout(run: "Run") -> EvalSet | None:
 
 def load_file(path: str | os.PathLike) -> EvalSet:
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"evaluation set {p} is a folder; give a {FORMATS} file")
     if not p.is_file():
         raise UsageError(f"evaluation set {p} not found (give a {FORMATS} file)")
     suffix = p.suffix.lower()
@@ -101,23 +100,26 @@ def load_file(path: str | os.PathLike) -> EvalSet:
 
 
 def resolve(run: "Run", analyses: list["Analysis"], eval_data: str | os.PathLike | None) -> EvalSet | None:
-    """The evaluation set of the forward analyses among `analyses` (None when there are none), or a
-    `UsageError` that says what the run lacks and how to supply it."""
+    """The evaluation set of the analyses that read one (None when none does), after checking that the run
+    has what forward analyses need; else a `UsageError` that says what the run lacks and how to supply it."""
     forward = [a.name for a in analyses if a.kind == "forward"]
+    readers = [a for a in analyses if a.needs_eval_set()]
     if not forward:
         return None
-    eval_set = load_file(eval_data) if eval_data is not None else heldout(run)
+    eval_set = (load_file(eval_data) if eval_data is not None else heldout(run)) if readers else None
     missing, how = [], []
     if run.tokenizer is None:
         missing.append("tokenizer")
         how.append("store one with `wb import hf ... --tokenizer DIR`")
-    if eval_set is None:
+    if readers and eval_set is None:
         missing.append("evaluation set")
         how.append(f"give one with `--eval-data FILE` ({FORMATS})")
     if missing:
         needs = "needs" if len(forward) == 1 else "need"
         raise UsageError(f"{', '.join(forward)} {needs} a forward pass, but {run.location} has no "
                          f"{' and no '.join(missing)} (an imported run?): {'; '.join(how)}")
+    if eval_set is None:
+        return None
     n_tokens = sum(len(ids) for ids in eval_set.token_ids(run.tokenizer))
     if n_tokens < 2:
         where = "the run's held-out documents" if eval_set.source == "run" else f"evaluation set {eval_set.source}"

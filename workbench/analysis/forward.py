@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from workbench.analysis.engine import StepContext
+    from workbench.analysis.base import StepContext
 
 DEFAULT_SEQ_LEN = 512  # for a run without a training config (imported): capped by the model's context
 READOUT_TOKENS = 2048  # tokens unembedded at once: bounds the logits to READOUT_TOKENS x vocab floats
@@ -58,10 +58,9 @@ def seq_len(ctx: "StepContext", requested: int | None = None) -> int:
 def batches(ctx: "StepContext", length: int, batch_size: int, max_tokens: int | None = None) -> list[Batch]:
     """The evaluation set as batches of rows (see the module docstring), domains in sorted order; at most
     `max_tokens` input tokens per domain (whole rows)."""
-    tok = ctx.tokenizer
-    eos = _eos_id(ctx)
+    eos = ctx.cached("eos_id", lambda: _eos_id(ctx.run))
     streams: dict[str, list[int]] = {}
-    for ids, domain in zip(ctx.eval_set.token_ids(tok), ctx.eval_set.domains):
+    for ids, domain in zip(ctx.eval_tokens(), ctx.eval_set.domains):
         streams.setdefault(domain, []).extend(ids + ([eos] if eos is not None else []))
     out, first = [], 0
     for domain in sorted(streams):
@@ -98,28 +97,10 @@ def _rows(stream: list[int], length: int, max_tokens: int | None) -> list[list[i
     return [stream[i * length: (i + 1) * length + 1] for i in range(n)]
 
 
-def _eos_id(ctx: "StepContext") -> int | None:
+def _eos_id(run) -> int | None:
     from workbench.models.views import hf_tokenizer
 
-    return hf_tokenizer(ctx.run).eos_token_id
-
-
-# One model per worker process: the runner orders tasks by step, so the forward analyses of one step
-# (loss, activations, lens, ...) run one after another on the same model.
-_MODEL: dict = {}
-
-
-def model(ctx: "StepContext", step: int | None = None) -> torch.nn.Module:
-    """The model of `step` (default: the task's) on the task's device, float32, eval mode: the in-repo LLaMA
-    for the workbench's runs, the transformers model for imported architectures."""
-    from workbench.models.capture import open_model
-
-    step = ctx.step if step is None else int(step)
-    key = (ctx.run.location, step, ctx.device)
-    if _MODEL.get("key") != key:
-        _MODEL.clear()
-        _MODEL.update(key=key, model=open_model(ctx.run.checkpoint(step), device=ctx.device, dtype=torch.float32))
-    return _MODEL["model"]
+    return hf_tokenizer(run).eos_token_id
 
 
 def residuals(model: torch.nn.Module, ids: torch.Tensor, last_only: bool = False) -> dict[int, torch.Tensor]:

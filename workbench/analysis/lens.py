@@ -14,7 +14,8 @@ import torch
 import xarray as xr
 
 from workbench.analysis import forward, stats
-from workbench.analysis.engine import Analysis, StepContext, register
+from workbench.analysis.base import Analysis, StepContext
+from workbench.analysis.registry import register
 
 
 @register
@@ -28,7 +29,7 @@ class Lens(Analysis):
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         p = self.params
-        model = forward.model(ctx)
+        model = ctx.model()
         kl: dict[int, stats.Mean] = {}
         agree: dict[int, stats.Mean] = {}
         with torch.no_grad():

@@ -14,7 +14,8 @@ import torch
 import xarray as xr
 
 from workbench.analysis import forward, stats
-from workbench.analysis.engine import Analysis, StepContext, register
+from workbench.analysis.base import Analysis, StepContext
+from workbench.analysis.registry import register
 
 
 @register
@@ -35,7 +36,7 @@ class Loss(Analysis):
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         p = self.params
-        model = forward.model(ctx)
+        model = ctx.model()
         per_domain: dict[str, stats.Mean] = {}
         losses, domains, positions, targets = [], [], [], []
         with torch.no_grad():

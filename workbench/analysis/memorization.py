@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench.analysis import forward
-from workbench.analysis.engine import Analysis, StepContext, register
-from workbench.errors import UsageError
-from workbench.models.capture import unembed
+from workbench.analysis.base import Analysis, StepContext
+from workbench.analysis.registry import register
+from workbench.errors import MissingData, UsageError
+from workbench.models.capture import generate
 from workbench.store.layout import DOCUMENTS, ORDER
 
 CANARIES = "data/canaries"
@@ -49,6 +49,7 @@ class Sequence:
 class Memorization(Analysis):
     name = "memorization"
     kind = "forward"
+    reads_eval_set = False  # its sequences come from the training corpus
     dims = ("sequence",)
     description = ("greedy completion of canaries and sampled training sequences, with how often and how "
                    "recently each was seen (see workbench/analysis/memorization.py)")
@@ -78,19 +79,16 @@ class Memorization(Analysis):
         canaries of each copy count), the view of memorisation studies; with `step`, the summary's bars."""
         if step is not None or "canary" not in set(ds["kind"].values.tolist()):
             return super().plot(ds, step, title)
-        import plotly.express as px
+        from workbench.analysis.plots import step_frequency_heatmap
 
         ds = ds[["token_match"]].load()
-        canaries = ds["token_match"].where(ds["kind"] == "canary", drop=True)
-        grid = canaries.groupby("copies").mean("sequence").transpose("copies", "step")  # [copies, step]
-        return px.imshow(grid.values, x=[str(s) for s in grid["step"].values], y=[str(c) for c in grid["copies"].values],
-                         labels={"x": "step", "y": "copies in the corpus", "color": "token match"}, zmin=0, zmax=1,
-                         aspect="auto", title=title or "canary memorisation: token-level match by step and frequency")
+        match = ds["token_match"].where(ds["kind"] == "canary", drop=True)
+        return step_frequency_heatmap(match, title or "canary memorisation: token-level match by step and frequency")
 
     def check(self, run, eval_set) -> None:
         if run.table(DOCUMENTS) is None or run.table(ORDER) is None:
-            raise UsageError(f"memorization needs the training corpus and data order, which {run.location} does "
-                             "not store (an imported run?); run the other analyses with --only")
+            raise MissingData(f"memorization needs the training corpus and data order, which {run.location} does "
+                              "not store (an imported run?); run the other analyses with --only")
         p = self.params
         if min(p.prefix_tokens, p.continuation_tokens) < 1 or p.sample < 0:
             raise UsageError("memorization: prefix_tokens and continuation_tokens must be >= 1, sample >= 0")
@@ -101,14 +99,10 @@ class Memorization(Analysis):
                              f"{p.prefix_tokens + p.continuation_tokens - 1} exceeds the model's context of {context}")
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
-        seqs = sequences(ctx.run, self.params)
-        model = forward.model(ctx)
-        generated = greedy(model, [s.prompt for s in seqs], [len(s.target) for s in seqs], self.params.batch_size)
+        seqs = ctx.cached(("memorization.sequences", self.params), lambda: sequences(ctx.run, self.params))
+        generated = greedy(ctx.model(), [s.prompt for s in seqs], [len(s.target) for s in seqs], self.params.batch_size)
         match = [np.array(g) == np.array(s.target) for g, s in zip(generated, seqs)]
-        key = (ctx.run.location, ctx.steps, tuple(s.spans for s in seqs))  # the order up to steps[-1] is fixed
-        if _EXPOSURES.get("key") != key:
-            _EXPOSURES.update(key=key, value=exposures(ctx.run, seqs))
-        seen = _EXPOSURES["value"]
+        seen = ctx.cached(("memorization.exposures", self.params), lambda: exposures(ctx.run, seqs))
         times = np.array([np.searchsorted(steps, ctx.step, side="right") for steps in seen])
         since = np.array([ctx.step - steps[n - 1] if n else np.nan for steps, n in zip(seen, times)], dtype=float)
         return xr.Dataset(
@@ -139,27 +133,15 @@ def greedy(model: torch.nn.Module, prompts: list[tuple[int, ...]], lengths: list
         for j in range(0, len(members), batch_size):
             idx = members[j: j + batch_size]
             ids = torch.tensor([prompts[i] for i in idx], dtype=torch.int64, device=device)
-            for _ in range(n):
-                (last,) = forward.residuals(model, ids, last_only=True).values()  # [batch * pos, d_model]
-                nxt = unembed(model, last.view(*ids.shape, -1)[:, -1]).argmax(-1, keepdim=True)  # last position only
-                ids = torch.cat([ids, nxt], 1)
-            for row, i in zip(ids[:, -n:].tolist() if n else [[]] * len(idx), idx):
+            continued = generate(model, ids, n)[:, ids.shape[1]:].tolist()  # [batch, n]
+            for row, i in zip(continued, idx):
                 out[i] = row
     return out
 
 
-# Per process: the sequences of a run (fixed), and their exposures for the steps of the current `analyze`
-# (reading the data order once per process, not once per step).
-_SEQUENCES: dict = {}
-_EXPOSURES: dict = {}
-
-
 def sequences(run, params: "Memorization.Params") -> list[Sequence]:
-    """The canaries, then the sampled training sequences (computed once per process)."""
-    key = (run.location, params)
-    if key not in _SEQUENCES:
-        _SEQUENCES[key] = _canaries(run, params) + _samples(run, params)
-    return _SEQUENCES[key]
+    """The canaries, then the sampled training sequences."""
+    return _canaries(run, params) + _samples(run, params)
 
 
 def _encode(run, texts: list[str]):

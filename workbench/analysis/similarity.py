@@ -19,7 +19,8 @@ import torch
 import xarray as xr
 
 from workbench.analysis import forward
-from workbench.analysis.engine import Analysis, StepContext, register
+from workbench.analysis.base import Analysis, StepContext
+from workbench.analysis.registry import register
 
 
 def normalized_grams(xs: list[torch.Tensor]) -> torch.Tensor:
@@ -64,7 +65,7 @@ class Similarity(Analysis):
             coords={"layer": np.arange(n), "other_layer": np.arange(n)})
 
     def grams(self, ctx: StepContext, step: int) -> torch.Tensor:
-        model = forward.model(ctx, step)
+        model = ctx.model(step)
         resid: dict[int, list[torch.Tensor]] = {}
         with torch.no_grad():
             for b in sample(ctx, self.params.tokens, forward.seq_len(ctx, self.params.seq_len)):

@@ -16,7 +16,7 @@ exactly; one thread so that results do not depend on the number of workers or th
 and dot products accumulate in float32 along each row and in float64 across rows (relative error ~1e-8 on
 norms and distances, ~1e-7 absolute on cosines; differences of nearby checkpoints are exact in float32);
 the power-law fit runs in float64. `prev_step` and `init_step` record which
-checkpoints were compared. `checkpoint_distances` gives the whole-model distances of `wb verify`.
+checkpoints were compared. (Whole-model distances between checkpoints: `workbench.store.verify.checkpoint_distances`.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workbench.analysis.engine import Analysis, StepContext, register
+from workbench.analysis.base import Analysis, StepContext
+from workbench.analysis.registry import register
 
 FIT_BLOCK = 256  # candidate xmins evaluated at once in the KS search (memory: FIT_BLOCK x n floats)
 
@@ -210,27 +211,3 @@ def powerlaw_fit(eigs: np.ndarray, min_tail: int = 10) -> tuple[float, float, fl
             best = (float(d[i]), lo + i)
     b = best[1]
     return float(alpha[b]), float(lam[ks[b]]), best[0], int(n[b])
-
-
-def checkpoint_distances(run) -> dict[tuple[int, int], float]:
-    """{(a, b): ‖θ_a − θ_b‖²} over every floating-point parameter (norms included), for the pairs of stored
-    steps one and two apart in step order: computed by `wb verify`'s own `Distances`, so the numbers are
-    those of its jump check (for a run without corrupt or non-finite tensors, which verify leaves out)."""
-    from zarr.core.sync import sync
-
-    from workbench.store.layout import PARAMS, to_torch
-    from workbench.store.tensors import TensorGroup
-    from workbench.store.verify import Distances
-
-    group = sync(TensorGroup.open(run.store, PARAMS))
-    if group is None:
-        return {}
-    distances = Distances()
-    for name, arr in sorted(sync(group.arrays()).items()):  # sorted: zarr lists arrays in varying order
-        if arr.attrs["dtype"] not in ("float32", "float16", "bfloat16", "float64"):
-            continue
-        distances.next_array()
-        for idx in sorted(range(len(group.steps)), key=lambda i: group.steps[i]):
-            step = group.steps[idx]
-            distances.add(step, to_torch(sync(group.read_array(name, arr, step, idx)), arr.attrs["dtype"]).float())
-    return distances.sq

@@ -20,15 +20,17 @@ Hooks by architecture (`{l}` is the layer; `available_hooks(source)` lists them 
 | `blocks.{l}.mlp.hook_post` (input of the MLP's output projection) | yes | yes | yes | yes |
 | `ln_final.hook_normalized` (final norm before its weight and bias) | yes | yes | yes | yes |
 
+The in-repo LLaMA also has `blocks.{l}.ln1.hook_normalized` and `blocks.{l}.ln2.hook_normalized`.
+
 Semantics follow TransformerLens: `hook_resid_pre` of layer 0 is the sum of the embeddings (token plus, for
 GPT-2, position); `hook_attn_out` and `hook_mlp_out` are what each sublayer adds to the residual stream (for
 OLMo 2, after its post-sublayer norm); `ln_final.hook_normalized` is `x / rms(x)` for RMSNorm models and
-`(x - mean) / std` for LayerNorm models. Patterns are taken from the attention weights that transformers
-returns with `output_attentions=True`, so the generic path switches a model to eager attention when asked for
-them.
+`(x - mean) / std` for LayerNorm models. Patterns are the attention weights each attention module returns
+under eager attention, so the generic path switches a model to eager attention while they are asked for.
 
-With `fn`, each activation is handed to `fn(name, tensor)` as the pass produces it and nothing is kept: the
-way to feed running statistics without holding a whole model's activations (`workbench.analysis`).
+With `fn`, each activation is handed to `fn(name, tensor)` as the pass produces it (on the generic path, from
+forward hooks of the modules) and nothing is kept: the way to feed running statistics without holding a
+whole model's activations (`workbench.analysis`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Layout:
     """Where the TransformerLens hook points sit in one transformers architecture (dotted module paths)."""
 
     layers: str  # the ModuleList of blocks
+    attn: str  # per block: the attention module; under eager attention its output is (output, pattern)
     attn_out: str  # per block: the module whose output (first element) the block adds as attention output
     mlp_out: str  # per block: the module whose output the block adds as MLP output
     mlp_act: str  # per block: the MLP's activation function module; its input is mlp.hook_pre
@@ -57,17 +60,17 @@ class Layout:
     parallel: str | None = None  # config flag that makes attention and MLP read the same residual
 
 
-_LLAMA_LIKE = Layout("model.layers", "self_attn", "mlp", "mlp.act_fn", "mlp.down_proj", "model.norm", "rms")
+_LLAMA_LIKE = Layout("model.layers", "self_attn", "self_attn", "mlp", "mlp.act_fn", "mlp.down_proj", "model.norm", "rms")
 LAYOUTS: dict[str, Layout] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
-    "olmo": Layout("model.layers", "self_attn", "mlp", "mlp.act_fn", "mlp.down_proj", "model.norm", "ln"),
-    "olmo2": Layout("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "mlp.act_fn",
-                    "mlp.down_proj", "model.norm", "rms"),
-    "gpt2": Layout("transformer.h", "attn", "mlp", "mlp.act", "mlp.c_proj", "transformer.ln_f", "ln",
+    "olmo": Layout("model.layers", "self_attn", "self_attn", "mlp", "mlp.act_fn", "mlp.down_proj", "model.norm", "ln"),
+    "olmo2": Layout("model.layers", "self_attn", "post_attention_layernorm", "post_feedforward_layernorm",
+                    "mlp.act_fn", "mlp.down_proj", "model.norm", "rms"),
+    "gpt2": Layout("transformer.h", "attn", "attn", "mlp", "mlp.act", "mlp.c_proj", "transformer.ln_f", "ln",
                    pos_embed="transformer.wpe"),
-    "gpt_neox": Layout("gpt_neox.layers", "attention", "mlp", "mlp.act", "mlp.dense_4h_to_h",
+    "gpt_neox": Layout("gpt_neox.layers", "attention", "attention", "mlp", "mlp.act", "mlp.dense_4h_to_h",
                        "gpt_neox.final_layer_norm", "ln", parallel="use_parallel_residual"),
 }
 
@@ -83,8 +86,8 @@ def capture(source, input_ids: torch.Tensor, names: Iterable[str] | str = (), fn
     unembedding (None comes back): for activations only, it saves vocab × d_model per token.
 
     `source` is a `Checkpoint`, a `training.model.Llama` or a transformers causal LM. A checkpoint is opened
-    for this one call (`checkpoint.model()` for the workbench's LLaMA, `checkpoint.to_hf()` otherwise); open
-    the model once and pass it when capturing many batches.
+    for this one call (`open_model`: the in-repo LLaMA for the workbench's runs, the transformers model
+    otherwise); open the model once and pass it when capturing many batches.
     """
     model = _model_of(source)
     input_ids = torch.as_tensor(input_ids)
@@ -92,37 +95,40 @@ def capture(source, input_ids: torch.Tensor, names: Iterable[str] | str = (), fn
         input_ids = input_ids[None]
     if input_ids.ndim != 2:
         raise UsageError(f"input_ids must be [batch, pos], got shape {list(input_ids.shape)}")
-    available = available_hooks(model)
-    wanted = _expand([names] if isinstance(names, str) else list(names), available, n_layers(model))
+    wanted = _expand([names] if isinstance(names, str) else list(names), available_hooks(model), n_layers(model))
     input_ids = input_ids.to(_device_of(model))
+    cache: dict[str, torch.Tensor] = {}
+    sink = fn if fn is not None else (lambda name, x: cache.__setitem__(name, x.detach()))
     with torch.no_grad():
         if _is_llama(model):
-            from training.model import Capture
+            with model.hooks(wanted, sink):
+                out = model(input_ids) if logits else model.hidden_states(input_ids)
+        else:
+            out = _hf_capture(model, input_ids, wanted, sink, logits)
+    return (out if logits else None), {n: cache[n] for n in wanted if n in cache}
 
-            cap = Capture(wanted, fn)
-            if logits:
-                out = model(input_ids, capture=cap)
-            else:
-                out = None
-                model.hidden_states(input_ids, capture=cap)
-            return out, {n: cap.cache[n] for n in wanted} if fn is None else {}
-        out, acts = _hf_capture(model, input_ids, wanted, logits)
-        if fn is None:
-            return out, acts
-        for name, x in acts.items():
-            fn(name, x)
-        return out, {}
+
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Greedy continuation `[batch, pos]` -> `[batch, pos + max_new_tokens]` of a model `capture` runs: the
+    in-repo LLaMA's own `generate`, or a loop over the transformers model that unembeds the last position only."""
+    if _is_llama(model):
+        return model.generate(input_ids, max_new_tokens)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            last = model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[:, -1]  # [batch, vocab]
+            input_ids = torch.cat([input_ids, last.argmax(-1, keepdim=True)], 1)
+    return input_ids
 
 
 def open_model(checkpoint, device=None, dtype=None) -> torch.nn.Module:
     """The model `capture` runs for a checkpoint: the in-repo LLaMA when it implements the run's config,
     else the transformers model."""
-    from workbench.models.views import llama_unsupported
+    from workbench.models.views import hf_model, llama, llama_unsupported
 
     if llama_unsupported(checkpoint.run.model_config) is None:
-        return checkpoint.model(device=device, dtype=dtype)
+        return llama(checkpoint, device=device, dtype=dtype)
     _layout(checkpoint.run.model_config.get("model_type"))  # fail before reading any tensor
-    return checkpoint.to_hf(device=device, dtype=dtype)
+    return hf_model(checkpoint, device=device, dtype=dtype)
 
 
 def unembed(model: torch.nn.Module, resid: torch.Tensor) -> torch.Tensor:
@@ -130,7 +136,7 @@ def unembed(model: torch.nn.Module, resid: torch.Tensor) -> torch.Tensor:
     (the logit lens; applied to the last block's output it gives the model's own logits)."""
     with torch.no_grad():
         if _is_llama(model):
-            return model.lm_head(model.model.norm(resid, model.ops(resid.device)))
+            return model.lm_head(model.model.norm(resid))
         norm = _module(model, _layout(model.config.model_type).final_norm)
         return model.get_output_embeddings()(norm(resid))
 
@@ -236,60 +242,76 @@ def _first(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
-def _hf_capture(model, input_ids: torch.Tensor, wanted: list[str], logits: bool = True):
+def _hf_capture(model, input_ids: torch.Tensor, wanted: list[str], sink, logits: bool):
+    """The transformers model's forward pass (its output, or the backbone's without `logits`), each wanted
+    activation handed to `sink` from a forward hook as its module runs."""
     layout = _layout(model.config.model_type)
-    needed = set(wanted)
-    for name in wanted:  # resid_mid = resid_pre + attn_out, formed after the pass
-        if name.endswith("hook_resid_mid"):
-            needed |= {name.replace("hook_resid_mid", "hook_resid_pre"), name.replace("hook_resid_mid", "hook_attn_out")}
-    cache: dict[str, torch.Tensor] = {}
+    wanted_set = set(wanted)
+    mids = {int(n.split(".")[1]) for n in wanted if n.endswith("hook_resid_mid")}
+    pending: dict[int, torch.Tensor] = {}  # resid_pre of a layer whose resid_mid is wanted, until attn_out comes
 
-    def keep(name: str, x: torch.Tensor) -> None:
-        if name in needed:
-            cache[name] = x.detach()
+    def emit(name: str, x: torch.Tensor) -> None:
+        if name in wanted_set:
+            sink(name, x)
 
-    def hook(module: torch.nn.Module, name: str, get, pre: bool = False) -> None:
-        if name in needed:
-            if pre:
-                handles.append(module.register_forward_pre_hook(
-                    lambda m, args, kwargs: keep(name, get(args, kwargs)), with_kwargs=True))
-            else:
-                handles.append(module.register_forward_hook(lambda m, args, out: keep(name, get(out))))
+    def resid_pre(l: int, x: torch.Tensor) -> None:
+        if l in mids:
+            pending[l] = x
+        emit(f"blocks.{l}.hook_resid_pre", x)
+
+    def attn_out(l: int, x: torch.Tensor) -> None:
+        emit(f"blocks.{l}.hook_attn_out", x)
+        if l in mids:  # resid_mid = resid_pre + attn_out
+            emit(f"blocks.{l}.hook_resid_mid", pending.pop(l) + x)
 
     handles: list = []
-    patterns = any(n.endswith("attn.hook_pattern") for n in needed)
+
+    def listen(module: torch.nn.Module, get, callback, pre: bool = False) -> None:
+        if pre:
+            handles.append(module.register_forward_pre_hook(lambda m, args, kwargs: callback(get(args, kwargs)),
+                                                            with_kwargs=True))
+        else:
+            handles.append(module.register_forward_hook(lambda m, args, out: callback(get(out))))
+
+    def needs(*names: str) -> bool:
+        return any(n in wanted_set for n in names)
+
+    patterns = any(n.endswith("attn.hook_pattern") for n in wanted)
     restore = _eager(model) if patterns else None
     try:
-        hook(model.get_input_embeddings(), "hook_embed", _first)
-        if layout.pos_embed:
-            hook(_module(model, layout.pos_embed), "hook_pos_embed", _first)
+        if needs("hook_embed"):
+            listen(model.get_input_embeddings(), _first, lambda x: emit("hook_embed", x))
+        if layout.pos_embed and needs("hook_pos_embed"):
+            listen(_module(model, layout.pos_embed), _first, lambda x: emit("hook_pos_embed", x))
         for l, block in enumerate(_module(model, layout.layers)):
             p = f"blocks.{l}."
-            hook(block, p + "hook_resid_pre", _hidden_arg, pre=True)  # [batch, pos, d_model]
-            hook(block, p + "hook_resid_post", _first)
-            hook(block.get_submodule(layout.attn_out), p + "hook_attn_out", _first)
-            hook(block.get_submodule(layout.mlp_out), p + "hook_mlp_out", _first)
-            hook(block.get_submodule(layout.mlp_act), p + "mlp.hook_pre", _hidden_arg, pre=True)  # [batch, pos, d_mlp]
-            hook(block.get_submodule(layout.mlp_down), p + "mlp.hook_post", _hidden_arg, pre=True)
-        final = _module(model, layout.final_norm)
-        eps = _eps(final)
-        hook(final, "ln_final.hook_normalized", lambda args, kwargs: _normalize(_hidden_arg(args, kwargs), layout.norm, eps),
-             pre=True)
+            if needs(p + "hook_resid_pre") or l in mids:
+                listen(block, _hidden_arg, lambda x, l=l: resid_pre(l, x), pre=True)  # [batch, pos, d_model]
+            if needs(p + "attn.hook_pattern"):
+                listen(block.get_submodule(layout.attn), lambda out: out[1],  # [batch, head, query, key]
+                       lambda x, n=p + "attn.hook_pattern": emit(n, x))
+            if needs(p + "hook_attn_out") or l in mids:
+                listen(block.get_submodule(layout.attn_out), _first, lambda x, l=l: attn_out(l, x))
+            for path, hook, pre in ((layout.mlp_act, "mlp.hook_pre", True), (layout.mlp_down, "mlp.hook_post", True),
+                                    (layout.mlp_out, "hook_mlp_out", False)):
+                if needs(p + hook):
+                    listen(block.get_submodule(path), _hidden_arg if pre else _first,
+                           lambda x, n=p + hook: emit(n, x), pre=pre)
+            if needs(p + "hook_resid_post"):
+                listen(block, _first, lambda x, n=p + "hook_resid_post": emit(n, x))
+        if needs("ln_final.hook_normalized"):
+            final = _module(model, layout.final_norm)
+            eps = _eps(final)
+            listen(final, lambda args, kwargs: _normalize(_hidden_arg(args, kwargs), layout.norm, eps),
+                   lambda x: emit("ln_final.hook_normalized", x), pre=True)
         runner = model if logits else model.base_model  # the backbone: every hooked module, no unembedding
-        out = runner(input_ids=input_ids, output_attentions=patterns, use_cache=False)
+        out = runner(input_ids=input_ids, use_cache=False)
     finally:
         for h in handles:
             h.remove()
         if restore is not None:
             model.set_attn_implementation(restore)
-    if patterns:
-        for l, pattern in enumerate(out.attentions):  # [batch, head, query_pos, key_pos]
-            keep(f"blocks.{l}.attn.hook_pattern", pattern)
-    for name in wanted:
-        if name.endswith("hook_resid_mid"):
-            cache[name] = cache[name.replace("hook_resid_mid", "hook_resid_pre")] + \
-                cache[name.replace("hook_resid_mid", "hook_attn_out")]
-    return out.logits if logits else None, {name: cache[name] for name in wanted}
+    return out.logits if logits else None
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:

@@ -45,7 +45,7 @@ def _resolve(device, dtype, stored: torch.dtype) -> tuple[torch.device, torch.dt
 
 def _checked_state(checkpoint: "Checkpoint") -> dict[str, torch.Tensor]:
     """The checkpoint's tensors, after checking them against the stored config (names and shapes)."""
-    from workbench.store.hfconfig import check_against_config
+    from workbench.models.config_check import check_against_config
 
     config = _config_of(checkpoint)
     state = checkpoint.state_dict()
@@ -91,23 +91,14 @@ def llama_unsupported(model_config: dict) -> str | None:
 
 def llama(checkpoint: "Checkpoint", device=None, dtype=None) -> "Llama":
     """The in-repo `training.model.Llama` with the checkpoint's weights, in eval mode."""
-    from training.config import ModelConfig
-    from training.model import Llama, Rotary
+    from training.model import Llama
 
     config = _config_of(checkpoint)
     if why := llama_unsupported(config):
         raise IncompatibleCheckpoint(why)
     state = _checked_state(checkpoint)
     device, dtype = _resolve(device, dtype, _stored_dtype(state))
-    cfg = ModelConfig.from_hf(config)
-    with torch.device("meta"):  # no random init of weights about to be overwritten
-        model = Llama(cfg)
-    model = model.to_empty(device=device)  # fresh tensors per module: the output embedding's tie is lost
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    model.model.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta).to(device)
-    _load(model, state)
-    return model.to(dtype).eval()
+    return Llama.from_state_dict(config, state, device=device, dtype=dtype)
 
 
 def hf_config(model_config: dict, **overrides):
@@ -281,27 +272,3 @@ def hf_tokenizer(run: "Run", add_bos_token: bool = False):
     copy = Tokenizer.from_str(tok.to_str())
     return transformers.PreTrainedTokenizerFast(tokenizer_object=copy, model_max_length=max_len or int(1e30),
                                                 **special)
-
-
-# ---------------------------------------------------------------------------------------------- loading
-
-def _load(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load `state` into the in-repo model, every parameter accounted for (a tied copy, such as an output
-    embedding shared with the input embedding, may be absent)."""
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise IncompatibleCheckpoint(f"the tensors do not fit the model the config describes: "
-                                     f"{_first_line(e)}") from None
-    params = dict(model.named_parameters(remove_duplicate=False))
-    loaded = {id(p) for name, p in params.items() if name not in set(missing)}
-    missing = [k for k in missing if k in params and id(params[k]) not in loaded]
-    if missing or unexpected:
-        what = f"lacks {missing[0]}, needed by" if missing else f"has {unexpected[0]}, unknown to"
-        raise IncompatibleCheckpoint(f"the checkpoint {what} the model its config describes "
-                                     f"({len(missing)} missing, {len(unexpected)} unexpected)")
-
-
-def _first_line(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[1] if len(lines) > 1 and lines[0].startswith("Error(s)") else (lines[0] if lines else repr(e))

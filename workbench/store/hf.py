@@ -9,10 +9,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from workbench.errors import CorruptData, IncompatibleCheckpoint, UnsafeFormat, UsageError
+from workbench.errors import CorruptData, IncompatibleCheckpoint, RunNotFound, UnsafeFormat, UsageError
+
+if TYPE_CHECKING:
+    from workbench.store.writer import Validator
 
 # Per-step folder names of public suites: Pythia `step1000`, HF Trainer `checkpoint-1000`, Megatron `iter_0001000`.
 STEP_FOLDER = re.compile(r"^(?:step|global_step|checkpoint-|iter_)0*(\d+)$")
@@ -115,18 +119,23 @@ def config_difference(a: dict, b: dict) -> list[str]:
 
 def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: int | None = None,
               allow_pickle: bool = False, tokenizer: str | os.PathLike | None = None, overwrite: bool = False,
-              progress: bool = True) -> list[int]:
+              progress: bool = True, validate: "Validator | None" = None) -> list[int]:
     """Import HF checkpoint folders into the run at `out` (created, or appended to); returns the steps written.
 
-    Every file is checked before the first commit; each step is then one atomic commit.
+    Every file is checked before the first commit (with `validate`, its tensor shapes against the config too);
+    each step is then one atomic commit.
     """
     from tqdm.auto import tqdm
 
-    from workbench.errors import RunNotFound
-    from workbench.store.hfconfig import check_against_config
     from workbench.store.run import Run
+    from workbench.store.storage import local_path
     from workbench.store.writer import RunWriter, create
 
+    if step is not None and step < 0:
+        raise UsageError(f"--step must be a non-negative integer, got {step}")
+    folder = local_path(out)
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {out} is a file; give a run folder (new or existing) or s3://bucket/prefix")
     checkpoints = find_checkpoints(sources, step)
     config = checkpoints[0].config
     plan = []
@@ -135,17 +144,18 @@ def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: in
             raise IncompatibleCheckpoint(f"{c.folder}/config.json differs from {checkpoints[0].folder} in {diff}")
         files = weight_files(c.folder, allow_pickle)
         shapes = tensor_shapes(files, c.step)  # empty for pickle files: those are checked when written
-        check_against_config(shapes, config, complete=bool(shapes))
+        if validate is not None:
+            validate(shapes, config, bool(shapes))
         plan.append((c, files))
     try:
         run = Run(out)
     except RunNotFound:
         writer = create(out, model_config=config, tokenizer=_find_tokenizer(tokenizer, checkpoints),
-                        train_config={"imported_from": [str(Path(s).absolute()) for s in sources]})
+                        train_config={"imported_from": [str(Path(s).absolute()) for s in sources]}, validate=validate)
     else:
         if diff := config_difference(run.model_config, config):
             raise IncompatibleCheckpoint(f"{out} holds a model with another config (differs in {diff})")
-        writer = RunWriter(out)
+        writer = RunWriter(out, validate=validate)
         if tokenizer is not None:
             writer.set_tokenizer(_find_tokenizer(tokenizer, checkpoints))
     for c, files in tqdm(plan, desc="import", unit="ckpt", disable=not progress):
@@ -174,8 +184,12 @@ def export_hf(run, step: int, out: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a new folder for the exported checkpoint")
     if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} exists and is not empty; choose a new folder")
+        raise UsageError(f"--out {out} exists and is not empty; give a new folder")
+    if step < 0:
+        raise UsageError(f"--step must be a non-negative integer, got {step}")
     config = run.model_config
     if "model_type" not in config:
         raise UsageError("the run's model config has no model_type, so transformers cannot load an export")

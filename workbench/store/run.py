@@ -1,4 +1,8 @@
-"""Reading a run: its steps, metadata, checkpoints and lazy trajectories across steps."""
+"""Reading a run: its steps, metadata, tables, results, checkpoints and lazy trajectories across steps.
+
+The store's reader is pure: it knows the run format and nothing above it. The user-facing `Run` that
+`workbench.open` returns (`workbench.api`) extends it with analyses and model views.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ import zarr
 from zarr.errors import GroupNotFoundError
 from zarr.core.sync import sync
 
-from workbench.errors import RunNotFound, StepNotFound, UsageError
-from workbench.store.layout import DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, bf16_to_float32, parse_name, template_to_array
+from workbench.errors import MissingData, RunNotFound, StepNotFound, UsageError
+from workbench.store import results as results_io
+from workbench.store.layout import DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, bf16_to_float32, parse_name
 from workbench.store.storage import open_repository
 from workbench.store.tables import read as read_table
 from workbench.store.tensors import TensorGroup
@@ -22,18 +27,26 @@ from workbench.store.tensors import TensorGroup
 class Run:
     """A training trajectory: every checkpoint of one run, read from its Icechunk repository.
 
-    The view is a snapshot of the run's `main` branch; `refresh()` moves it to the newest commit, so a
-    reader opened while a trainer writes sees new checkpoints only whole.
+    The view is one snapshot of the run's `main` branch (`snapshot` is its id): by default the newest
+    commit, and `refresh()` moves it to the newest again, so a reader opened while a trainer writes sees
+    new checkpoints only whole. With `snapshot=ID` the view stays on that commit (`refresh()` re-reads it):
+    what analysis workers open, so that every task of one plan reads the same data.
     """
 
-    def __init__(self, location: str | os.PathLike):
+    checkpoint_type: type["Checkpoint"]  # what `checkpoint()` returns; set below, extended by workbench.api
+
+    def __init__(self, location: str | os.PathLike, snapshot: str | None = None):
         self.location = os.fspath(location)
         self.repo = open_repository(location)
+        self.pinned = snapshot
         self.refresh()
 
     def refresh(self) -> "Run":
-        """Move to the newest committed state of the run."""
-        self.session = self.repo.readonly_session(branch="main")
+        """Move to the newest committed state of the run (or re-read the pinned snapshot)."""
+        if self.pinned is None:
+            self.session = self.repo.readonly_session(branch="main")
+        else:
+            self.session = self.repo.readonly_session(snapshot_id=self.pinned)
         self.store = self.session.store
         try:
             self.root = zarr.open_group(self.store, mode="r")
@@ -53,6 +66,11 @@ class Run:
         steps = self.steps
         span = f"{steps[0]}..{steps[-1]}" if steps else "none"
         return f"Run({self.location!r}, {len(steps)} checkpoints, steps {span})"
+
+    @property
+    def snapshot(self) -> str:
+        """Id of the Icechunk snapshot this view reads: changes with every commit to the run."""
+        return self.session.snapshot_id
 
     @property
     def steps(self) -> list[int]:
@@ -100,26 +118,25 @@ class Run:
                 names.append(template)
         return names
 
-    def table(self, path: str):
-        """A table of the run (`metrics`, `data/order`, `data/documents`, ...) as a pandas DataFrame, or None."""
+    def table(self, path: str, what: str | None = None):
+        """A table of the run (`metrics`, `data/order`, `data/documents`, ...) as a pandas DataFrame; None when
+        the run has none, or with `what` (how to name it), `MissingData`."""
         import pandas as pd
 
         columns = sync(read_table(self.store, path))
-        return None if columns is None else pd.DataFrame(columns)
+        if columns is None:
+            if what is None:
+                return None
+            raise MissingData(f"{self.location} has no {what} (an imported run?)")
+        return pd.DataFrame(columns)
 
     def metrics(self):
         """Training metrics, one row per step (loss, lr, grad_norm, tokens, tokens_per_s, ...), indexed by step."""
-        df = self.table(METRICS)
-        if df is None:
-            raise UsageError(f"{self.location} has no training metrics (an imported run?)")
-        return df.set_index("step").sort_index()
+        return self.table(METRICS, "training metrics").set_index("step").sort_index()
 
     @cached_property
     def _order(self):
-        df = self.table(ORDER)
-        if df is None:
-            raise UsageError(f"{self.location} records no data order (an imported run?)")
-        return df
+        return self.table(ORDER, "data order")
 
     def batch(self, step: int) -> list[dict]:
         """The (document_id, offset, length, position) spans that formed each sequence of the batch at `step`."""
@@ -136,11 +153,8 @@ class Run:
         return sorted(int(s) for s in steps.unique())
 
     def documents(self):
-        """The training corpus as a DataFrame (document_id, text, domain, split, ...), or an error if not stored."""
-        df = self.table(DOCUMENTS)
-        if df is None:
-            raise UsageError(f"{self.location} stores no corpus (an imported run?)")
-        return df
+        """The training corpus as a DataFrame (document_id, text, domain, split, ...); `MissingData` if not stored."""
+        return self.table(DOCUMENTS, "training corpus")
 
     def find_documents(self, text: str, context: int = 40) -> list[dict]:
         """Documents containing `text` (exact substring), with a snippet around the first hit."""
@@ -159,7 +173,7 @@ class Run:
         if self._params is None:
             raise StepNotFound(step, [])
         self._params.index(step)
-        return Checkpoint(self, step)
+        return self.checkpoint_type(self, step)
 
     def trajectory(self, name: str):
         """One parameter across all steps as a lazy `xarray.DataArray`.
@@ -199,24 +213,14 @@ class Run:
             out = out.isel(step=np.argsort(steps, kind="stable"))
         return out
 
-    # Analyses live in workbench.analysis (layer 3), imported on first use: the store never needs them.
-    def analyze(self, names=None, steps=None, workers: int | None = None, scheduler: str | None = None,
-                progress: bool = True, **options) -> dict[str, list[int]]:
-        """Compute analyses (default: all registered) at `steps` (default: all; a list, a slice over step
-        values or "0:20000:1000") with Dask and commit them under `results/<name>`; skips the (analysis,
-        step) pairs already stored. Returns {name: steps computed}. See `workbench.analysis.analyze`."""
-        from workbench.analysis import analyze
+    def stored_results(self) -> dict[str, results_io.Stored]:
+        """{analysis name: its stored steps and the attributes they were computed with}."""
+        return results_io.stored(self.root)
 
-        try:
-            return analyze(self, names, steps, workers=workers, scheduler=scheduler, progress=progress, **options)
-        finally:
-            self.refresh()
-
-    def results(self, name: str):
-        """The stored results of analysis `name` as an `xarray.Dataset` with a `step` dimension, sorted by step."""
-        from workbench.analysis import load_results
-
-        return load_results(self, name)
+    def read_results(self, name: str):
+        """The stored results of analysis `name` as a lazy `xarray.Dataset` with a `step` dimension, sorted by
+        step; `MissingData` when none are stored."""
+        return results_io.read(self.store, self.root, name)
 
 
 class _StepReader:
@@ -263,31 +267,13 @@ class Checkpoint:
         """AdamW state per parameter name (`exp_avg`, `exp_avg_sq`, `step`), or None when not stored."""
         return sync(_read_optimizer(self.run.store, self.step))
 
-    # Views of the checkpoint live in workbench.models (layer 2), imported on first use: the store never needs them.
-    def model(self, device=None, dtype=None):
-        """The in-repo `training.model.Llama` with these weights, in eval mode (LLaMA runs only)."""
-        from workbench.models.views import llama
+    def stacked(self) -> dict[str, torch.Tensor]:
+        """Parameters by template in their stored dtype: `[layer, ...]` for `{layer}` names, as stored (no copy per
+        layer), else the tensor."""
+        return sync(self.run._params.read(self.step, stacked=True))
 
-        return llama(self, device=device, dtype=dtype)
 
-    def to_hf(self, device=None, dtype=None, attn_implementation: str = "eager"):
-        """A transformers causal LM with these weights (`LlamaForCausalLM`, or the imported config's class)."""
-        from workbench.models.views import hf_model
-
-        return hf_model(self, device=device, dtype=dtype, attn_implementation=attn_implementation)
-
-    def to_hooked_transformer(self, process_weights: bool = False, device=None, dtype=None, **processing):
-        """A TransformerLens `TransformerBridge` (compatibility mode; HookedTransformer weight processing with
-        `process_weights=True`). See `workbench.models.views.hooked_transformer`."""
-        from workbench.models.views import hooked_transformer
-
-        return hooked_transformer(self, process_weights=process_weights, device=device, dtype=dtype, **processing)
-
-    def to_nnsight(self, device=None, dtype=None):
-        """An `nnsight.LanguageModel` over `to_hf()` with the run's tokenizer."""
-        from workbench.models.views import nnsight_model
-
-        return nnsight_model(self, device=device, dtype=dtype)
+Run.checkpoint_type = Checkpoint
 
 
 async def _read_optimizer(store, step: int) -> dict[str, dict[str, torch.Tensor]] | None:

@@ -47,23 +47,38 @@ def local_path(location: str | os.PathLike) -> Path | None:
 
 def open_repository(location: str | os.PathLike) -> icechunk.Repository:
     """The existing repository at `location`, or `RunNotFound`."""
+    path = local_path(location)
+    if path is not None and path.exists() and not path.is_dir():
+        raise RunNotFound(f"{os.fspath(location)} is a file, not a run; give a run folder or s3://bucket/prefix")
     storage = storage_for(location)
-    if not icechunk.Repository.exists(storage):
+    if (path is not None and not path.exists()) or not icechunk.Repository.exists(storage):
         raise RunNotFound(f"{os.fspath(location)} is not a run (no Icechunk repository there); "
                           "create one with `wb train` or `wb import hf`")
     return icechunk.Repository.open(storage)
 
 
-def create_repository(location: str | os.PathLike) -> icechunk.Repository:
-    """A new, empty repository at `location`; refuses to reuse a non-empty local folder."""
-    storage = storage_for(location)
-    if icechunk.Repository.exists(storage):
-        raise UsageError(f"{os.fspath(location)} already holds a run; open it with workbench.open() instead")
+def check_new_location(location: str | os.PathLike) -> None:
+    """`UsageError` unless a new run can be created at `location`: a new or empty folder, or object storage
+    without a run. Creates nothing."""
     path = local_path(location)
-    if path is not None:
-        if path.exists() and any(path.iterdir()):
-            raise UsageError(f"{path} exists and is not empty; choose a new folder for the run")
-    return icechunk.Repository.create(storage)
+    if path is None:
+        if icechunk.Repository.exists(storage_for(location)):
+            raise UsageError(f"{os.fspath(location)} already holds a run; open it with workbench.open() instead")
+        return
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UsageError(f"{os.fspath(location)} is a file; give a new folder (or s3://bucket/prefix) for the run")
+    if any(path.iterdir()):
+        if icechunk.Repository.exists(storage_for(location)):
+            raise UsageError(f"{os.fspath(location)} already holds a run; open it with workbench.open() instead")
+        raise UsageError(f"{os.fspath(location)} exists and is not empty; give a new folder for the run")
+
+
+def create_repository(location: str | os.PathLike) -> icechunk.Repository:
+    """A new, empty repository at `location`; refuses to reuse a non-empty local folder or an existing run."""
+    check_new_location(location)
+    return icechunk.Repository.create(storage_for(location))
 
 
 def bytes_on_disk(location: str | os.PathLike) -> int | None:

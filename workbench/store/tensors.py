@@ -15,12 +15,16 @@ import torch
 from zarr.api.asynchronous import open_group
 from zarr.core.group import AsyncGroup
 
-from workbench.errors import CorruptData, IncompatibleCheckpoint, StepExists, StepNotFound
+import icechunk
+
+from workbench.errors import CorruptData, IncompatibleCheckpoint, ReadFailed, StepExists, StepNotFound
 from workbench.store import chunks
 from workbench.store.layout import STEP, TENSORS, Key, codecs_for, dims_for, encode_dtype, parse_name, to_numpy, to_torch
 
-# Errors zarr raises for chunk bytes that fail their checksum or cannot be decoded.
-DECODE_ERRORS = (ValueError, RuntimeError, OSError)
+# Errors of decoding: chunk bytes that fail their checksum (zarr's and ours are ValueErrors) or that blosc cannot
+# decompress (RuntimeError). Fetching them is another matter: an OSError or IcechunkError says nothing of the data.
+DECODE_ERRORS = (ValueError, RuntimeError)
+FETCH_ERRORS = (OSError, icechunk.IcechunkError)
 
 
 @dataclass(frozen=True)
@@ -145,15 +149,18 @@ class TensorGroup:
         else:
             await arr.setitem(index, tensor)
 
-    async def read(self, step: int) -> dict[str, torch.Tensor]:
-        """All tensors of `step`, under their HF names, in the stored dtype."""
+    async def read(self, step: int, stacked: bool = False) -> dict[str, torch.Tensor]:
+        """All tensors of `step`, under their HF names, in the stored dtype; with `stacked`, one tensor per
+        array under its template name (`[layer, ...]` for `{layer}` names)."""
         idx = self.index(step)
         arrays = await self.arrays()
-        stacked = await asyncio.gather(*(self.read_array(name, arr, step, idx) for name, arr in arrays.items()))
+        data = await asyncio.gather(*(self.read_array(name, arr, step, idx) for name, arr in arrays.items()))
         out = {}
-        for arr, data in zip(arrays.values(), stacked):
-            t = to_torch(data, arr.attrs["dtype"])
-            if "{layer}" in arr.attrs["name"]:
+        for arr, values in zip(arrays.values(), data):
+            t = to_torch(values, arr.attrs["dtype"])
+            if stacked:
+                out[arr.attrs["name"]] = t
+            elif "{layer}" in arr.attrs["name"]:
                 out.update((arr.attrs["name"].format(layer=i), x) for i, x in enumerate(t.unbind(0)))
             else:
                 out[arr.attrs["name"]] = t
@@ -168,23 +175,32 @@ class TensorGroup:
         if not chunks.is_direct(arr):
             try:
                 return await arr.getitem((idx, layers) if layered else idx)
+            except FETCH_ERRORS as e:
+                raise ReadFailed(path, step, _first_line(e)) from e
             except DECODE_ERRORS as e:
-                raise CorruptData(path, step, str(e).splitlines()[0]) from e
+                raise CorruptData(path, step, _first_line(e)) from e
         wanted = range(*layers.indices(arr.shape[1])) if layered else range(0)
         out = np.empty((len(wanted), *arr.shape[2:]) if layered else arr.shape[1:], dtype=np.dtype(arr.dtype))
 
         async def one(index, view):
+            where = f"layer {index[1]}: " if layered else ""
             try:
                 await chunks.read_into(self.group.store, arr, index, view)
+            except FETCH_ERRORS as e:
+                raise ReadFailed(path, step, where + _first_line(e)) from e
             except DECODE_ERRORS as e:
-                where = f"layer {index[1]}: " if layered else ""
-                raise CorruptData(path, step, where + str(e).splitlines()[0]) from e
+                raise CorruptData(path, step, where + _first_line(e)) from e
 
         if layered:
             await asyncio.gather(*(one((idx, layer), out[i, ...]) for i, layer in enumerate(wanted)))
         else:
             await one((idx,), out)
         return out
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
 
 def _check_compatible(have: dict[str, Spec], new: dict[str, Spec]) -> None:
     missing, extra = sorted(have.keys() - new.keys()), sorted(new.keys() - have.keys())

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import icechunk
 import numpy as np
 import torch
 from zarr.core.sync import sync
 
-from workbench.errors import CorruptData
+from workbench.errors import CorruptData, ReadFailed
 from workbench.store.layout import PARAMS, TENSORS, to_torch
 from workbench.store.tensors import TensorGroup
 
@@ -23,7 +22,7 @@ JUMP_RATIO = 2.0  # flag t when min(d(a,t), d(t,b)) > JUMP_RATIO * d(a,b)
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # corrupt | non-finite | duplicate | jump
+    kind: str  # corrupt | unreadable | non-finite | duplicate | jump
     array: str
     step: int | None
     detail: str
@@ -73,6 +72,24 @@ class Distances:
             self.sq[(prev_step, step)] = self.sq.get((prev_step, step), 0.0) + d
 
 
+def checkpoint_distances(run) -> dict[tuple[int, int], float]:
+    """{(a, b): ‖θ_a − θ_b‖²} over every floating-point parameter (norms included), for the pairs of stored
+    steps one and two apart in step order: computed by `verify`'s own `Distances`, so the numbers are those of
+    its jump check (for a run without corrupt or non-finite tensors, which verify leaves out)."""
+    group = sync(TensorGroup.open(run.store, PARAMS))
+    if group is None:
+        return {}
+    distances = Distances()
+    for name, arr in sorted(sync(group.arrays()).items()):  # sorted: zarr lists arrays in varying order
+        if arr.attrs["dtype"] not in ("float32", "float16", "bfloat16", "float64"):
+            continue
+        distances.next_array()
+        for idx in sorted(range(len(group.steps)), key=lambda i: group.steps[i]):
+            step = group.steps[idx]
+            distances.add(step, to_torch(sync(group.read_array(name, arr, step, idx)), arr.attrs["dtype"]).float())
+    return distances.sq
+
+
 def _stacked_arrays(run):
     """(tensor group, array name, array) for every stacked array of every tensor group of the run."""
     for group_path in _tensor_groups(run.root):
@@ -98,8 +115,8 @@ def _read_row(group, name: str, arr, step: int, idx: int, problems: list[Problem
     except CorruptData as e:
         problems.append(Problem("corrupt", path, step, f"unreadable: {str(e).split(': ', 1)[-1]}"))
         return None
-    except icechunk.IcechunkError as e:
-        problems.append(Problem("corrupt", path, step, f"unreadable: {str(e).splitlines()[0]}"))
+    except ReadFailed as e:
+        problems.append(Problem("unreadable", path, step, str(e).split(': ', 1)[-1]))
         return None
     tensor = to_torch(data, arr.attrs["dtype"])
     if not tensor.is_floating_point():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -16,6 +16,7 @@ import zarr
 from zarr.core.sync import sync
 
 from workbench.errors import ConcurrentWrite, UsageError
+from workbench.store import results as results_io
 from workbench.store.layout import FORMAT_VERSION, META, OPTIMIZER, PARAMS
 from workbench.store.storage import create_repository, local_path, open_repository
 from workbench.store.tables import append as append_rows
@@ -23,6 +24,9 @@ from workbench.store.tensors import TensorGroup
 
 OptimizerState = dict[str, dict[str, torch.Tensor]]  # HF parameter name -> slot (exp_avg, ...) -> tensor
 Tables = dict[str, dict[str, object]]  # table path -> column -> 1-D values
+# Checks tensor shapes (name -> shape) against a model config, raising IncompatibleCheckpoint; `complete`: every
+# parameter the config implies must be there. The store knows no model: layers above pass one in.
+Validator = Callable[[dict[str, tuple[int, ...]], dict, bool], None]
 
 
 def code_version() -> str:
@@ -34,8 +38,9 @@ def code_version() -> str:
         return "trajectory-workbench (not installed)"
 
 
-def create(location: str | os.PathLike, model_config: dict, tokenizer=None, train_config: dict | None = None) -> "RunWriter":
-    """A new run at `location` (local folder or s3://bucket/prefix) with its metadata committed.
+def create(location: str | os.PathLike, model_config: dict, tokenizer=None, train_config: dict | None = None,
+           validate: Validator | None = None) -> "RunWriter":
+    """A new run at `location` (local folder or s3://bucket/prefix) with its metadata committed, and its writer.
 
     `tokenizer` is a `tokenizers.Tokenizer`, its JSON text, or a path to a tokenizer.json.
     """
@@ -54,16 +59,20 @@ def create(location: str | os.PathLike, model_config: dict, tokenizer=None, trai
     if blob:
         _write_tokenizer(root, blob)
     session.commit("create run", metadata={"model_type": model_config.get("model_type")})
-    return RunWriter(location, _repo=repo)
+    return RunWriter(location, validate=validate, _repo=repo)
 
 
 class RunWriter:
-    """Appends checkpoints to a run. One writer per run at a time."""
+    """Appends checkpoints (and results) to a run. One writer per group at a time.
 
-    def __init__(self, location: str | os.PathLike, _repo: icechunk.Repository | None = None):
+    `validate` checks the first checkpoint written against the run's model config (see `Validator`).
+    """
+
+    def __init__(self, location: str | os.PathLike, validate: Validator | None = None,
+                 _repo: icechunk.Repository | None = None):
         self.location = os.fspath(location)
         self.repo = _repo or open_repository(location)
-        self._checked_config = False
+        self.validate = validate
 
     def write_checkpoint(self, step: int, state_dict: dict[str, torch.Tensor],
                          optimizer_state: OptimizerState | None = None, overwrite: bool = False,
@@ -78,12 +87,10 @@ class RunWriter:
             raise UsageError(f"step must be a non-negative integer, got {step!r}")
         step = int(step)
         session = self.repo.writable_session("main")
-        if not self._checked_config:
-            from workbench.store.hfconfig import check_against_config
-
-            root = zarr.open_group(session.store, mode="r")
-            check_against_config({k: tuple(v.shape) for k, v in state_dict.items()}, root.attrs.get("model_config") or {})
-            self._checked_config = True
+        if self.validate is not None:
+            config = zarr.open_group(session.store, mode="r").attrs.get("model_config") or {}
+            self.validate({k: tuple(v.shape) for k, v in state_dict.items()}, config, True)
+            self.validate = None  # the run's layout is fixed by then: later steps are checked against it
         sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, tables or {}))
         snapshot = self._commit(session, f"checkpoint step {step}", {"step": step})
         self._tag(step, snapshot)
@@ -99,6 +106,12 @@ class RunWriter:
 
         sync(stage())
         return self._commit(session, message, {})
+
+    def write_results(self, updates: dict[str, results_io.Update], message: str, metadata: dict | None = None) -> None:
+        """Stage results of analyses (`results/<name>`) and commit them as one commit."""
+        with self.transaction(message, metadata) as session:
+            for name, update in updates.items():
+                results_io.stage(session.store, name, update)
 
     def set_tokenizer(self, tokenizer) -> str:
         """Attach (or replace) the run's tokenizer in a commit of its own."""

@@ -1,4 +1,8 @@
-"""Checking tensors against an HF config: the shapes a model built from the config would have."""
+"""Checking tensors against an HF config: the shapes a model built from the config would have.
+
+`check_against_config` is the validator the store takes (`workbench.store.writer.Validator`) when runs are
+created or imported through the workbench's API and CLI: the store itself knows no model.
+"""
 
 from __future__ import annotations
 

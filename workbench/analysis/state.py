@@ -1,0 +1,147 @@
+"""What a worker process keeps between tasks, in one object: the runs it opened, decoded parameters, the
+current model and tables derived from a run.
+
+Everything is keyed by the run's location *and snapshot id*: a commit to the run (a rewritten checkpoint, new
+data) changes the snapshot, so nothing read before it can answer for it. On Dask the object lives in a
+`WorkerPlugin` (`workbench.analysis.executors`); `workers=0` uses a local instance.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from workbench.store.run import Run
+
+RUNS_KEPT = 4  # open runs (each holds its repository and root group)
+DERIVED_KEPT = 32  # derived tables (evaluation tokens, memorisation sequences, ...)
+
+
+class WorkerState:
+    """The caches of one worker process (thread-safe); see the module docstring."""
+
+    def __init__(self, cache_bytes: int | None = None):
+        self.lock = threading.Lock()
+        self.runs: OrderedDict[tuple[str, str], Run] = OrderedDict()
+        self.params = LRU(default_cache_bytes() if cache_bytes is None else cache_bytes)
+        self.tables: OrderedDict[tuple, Any] = OrderedDict()  # derived tables
+        self.current_model: tuple[tuple, torch.nn.Module] | None = None
+
+    def run(self, location: str, snapshot: str) -> "Run":
+        """The run at `location` as of `snapshot`, opened once."""
+        from workbench.store.run import Run
+
+        key = (location, snapshot)
+        with self.lock:
+            if key in self.runs:
+                self.runs.move_to_end(key)
+                return self.runs[key]
+        run = Run(location, snapshot=snapshot)
+        with self.lock:
+            self.runs[key] = run
+            while len(self.runs) > RUNS_KEPT:
+                self.runs.popitem(last=False)
+        return run
+
+    def parameters(self, run: "Run", step: int) -> dict[str, "torch.Tensor"]:
+        """`StepContext.parameters`: the checkpoint at `step` as float32 tensors stacked by template."""
+        return self.params.get((run.location, run.snapshot, step), lambda: read_parameters(run, step))
+
+    def model(self, run: "Run", step: int, device: str) -> "torch.nn.Module":
+        """The model of `step` (float32, eval mode): one at a time, as tasks come in step order."""
+        import torch
+
+        from workbench.models.capture import open_model
+
+        key = (run.location, run.snapshot, step, device)
+        with self.lock:
+            if self.current_model is not None and self.current_model[0] == key:
+                return self.current_model[1]
+            self.current_model = None  # free the previous model before loading the next
+            model = open_model(run.checkpoint(step), device=device, dtype=torch.float32)
+            self.current_model = (key, model)
+            return model
+
+    def derived(self, run: "Run", key: Hashable, compute: Callable[[], Any]) -> Any:
+        """`compute()` kept under (run, snapshot, key)."""
+        full = (run.location, run.snapshot, key)
+        with self.lock:
+            if full in self.tables:
+                self.tables.move_to_end(full)
+                return self.tables[full]
+        value = compute()
+        with self.lock:
+            self.tables[full] = value
+            while len(self.tables) > DERIVED_KEPT:
+                self.tables.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self.lock:
+            self.runs.clear()
+            self.tables.clear()
+            self.current_model = None
+        self.params.clear()
+
+
+def read_parameters(run: "Run", step: int) -> dict[str, "torch.Tensor"]:
+    """Every parameter of `step` by template, floating-point ones as float32 (bfloat16 widened exactly):
+    `[layer, ...]` for `{layer}` templates, `[1, ...]` otherwise."""
+    out = {}
+    for template, t in run.checkpoint(step).stacked().items():  # StepNotFound / CorruptData name the problem
+        t = t.float() if t.is_floating_point() else t
+        out[template] = t if "{layer}" in template else t.unsqueeze(0)
+    return out
+
+
+class LRU:
+    """Tensors (or dicts of them) by key, least recently used dropped first beyond a byte budget."""
+
+    def __init__(self, budget: int):
+        self.budget, self.size, self.items, self.lock = budget, 0, OrderedDict(), threading.Lock()
+
+    def get(self, key, load):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = load()
+        nbytes = _nbytes(value)
+        with self.lock:
+            if key not in self.items and nbytes <= self.budget:
+                self.items[key] = value
+                self.size += nbytes
+                while self.size > self.budget:
+                    _, old = self.items.popitem(last=False)
+                    self.size -= _nbytes(old)
+        return value
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.size = 0
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return value.numel() * value.element_size()
+
+
+def default_cache_bytes() -> int:
+    """`WORKBENCH_ANALYSIS_CACHE_MB`, else an eighth of the machine's memory, at most 2 GiB."""
+    mb = os.environ.get("WORKBENCH_ANALYSIS_CACHE_MB")
+    if mb:
+        return int(float(mb) * 2**20)
+    try:
+        import psutil
+
+        return int(min(2 * 2**30, psutil.virtual_memory().total / 8))
+    except ImportError:
+        return 2**30
