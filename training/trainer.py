@@ -20,7 +20,7 @@ from training.dataset import Dataset, build_dataset
 from training.model import Llama, checkpoint_state, load_checkpoint_state
 from training.train_config import TrainConfig, with_overrides
 from training.writer_thread import BackgroundWriter, host_copy
-from workbench.errors import UsageError, WorkbenchError
+from workbench.errors import MissingData, UsageError, WorkbenchError
 
 
 class TrainingDiverged(WorkbenchError):
@@ -87,7 +87,7 @@ class Trainer:
 
         run = Run(out)
         if not run.train_config or "max_steps" not in run.train_config:
-            raise UsageError(f"{out} was not written by the trainer (an imported run?); nothing to resume")
+            raise MissingData(f"{out} has no training config (an imported run?); nothing to resume")
         cfg = with_overrides(TrainConfig(**run.train_config), **overrides)
         stored = ModelConfig.from_hf(run.model_config)
         if model_cfg is not None:

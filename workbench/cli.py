@@ -187,11 +187,11 @@ def tokenizer_stats(run: RunArg):
     import workbench
     from training.data.tokenizer import chars_per_token
     from training.dataset import run_documents
-    from workbench.errors import UsageError
+    from workbench.errors import MissingData
 
     r = workbench.open(run)
     if r.tokenizer is None:
-        raise UsageError(f"{run} has no tokenizer; attach one with `wb import hf ... --tokenizer DIR`")
+        raise MissingData(f"{run} has no tokenizer; attach one with `wb import hf ... --tokenizer DIR`")
     typer.echo(f"vocab size {r.tokenizer.get_vocab_size()}")
     for domain, cpt in chars_per_token(r.tokenizer, run_documents(r)).items():
         typer.echo(f"{domain:>8}  {cpt:.2f} characters/token")

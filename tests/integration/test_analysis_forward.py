@@ -20,7 +20,7 @@ import xarray as xr
 
 import workbench
 from workbench.analysis import analyze
-from workbench.errors import MissingData, UsageError
+from workbench.errors import MissingData
 
 STEPS = (0, 30)  # analysed steps: 0 is the first checkpoint (cka_prev NaN, nothing seen yet)
 MEMO_STEPS = (0, 15, 30)  # memorization also halfway, where only some sequences were seen yet

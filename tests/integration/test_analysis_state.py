@@ -11,7 +11,6 @@ import xarray as xr
 from typer.testing import CliRunner
 
 import workbench
-from workbench.analysis import analyze
 from workbench.cli import app
 
 

@@ -4,8 +4,6 @@ exit code and words the one line must hold."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from typer.testing import CliRunner
 
@@ -13,8 +11,9 @@ import workbench
 from tests.conftest import SMALL_TOML
 from workbench.cli import app
 
-# A [model]/[train] file for `wb train`: the small test preset with one value replaced.
+
 def toml_with(old: str, new: str) -> str:
+    """A [model]/[train] file for `wb train`: the small test preset with one value replaced."""
     assert old in SMALL_TOML
     return SMALL_TOML.replace(old, new)
 
@@ -120,3 +119,25 @@ def test_missing_data_is_one_error_class_with_exit_1(what, read, imported_run):
 def test_missing_corpus_on_the_command_line_is_a_data_error(imported_run):
     code, out, _ = wb("data", "find", imported_run, "capital")
     assert code == 1 and out.startswith("error: ") and "corpus" in out and len(out.strip().splitlines()) == 1
+
+
+PYTHON = [
+    ("location-not-a-path", lambda run: workbench.open(123), "123"),
+    ("workers-not-an-int", lambda run: run.analyze(["weights"], workers="2"), "'2'"),
+    ("workers-negative", lambda run: run.analyze(["weights"], workers=-1), "-1"),
+    ("commit-every-zero", lambda run: run.analyze(["weights"], workers=0, commit_every=0), "0"),
+    ("unknown-device", lambda run: run.analyze(["weights"], workers=0, device="tpu"), "'tpu'"),
+    ("bad-scheduler", lambda run: run.analyze(["weights"], scheduler="localhost"), "'localhost'"),
+    ("negative-step", lambda run: workbench.RunWriter(run.location).write_checkpoint(-1, {}), "-1"),
+    ("unknown-parameter", lambda run: run.trajectory("model.layers.{layer}.mlp.up.weight"), "up_proj"),
+]
+
+
+@pytest.mark.parametrize("case", PYTHON, ids=[c[0] for c in PYTHON])
+def test_bad_python_arguments_are_refused_by_name(case, imported_run):
+    from workbench.errors import UsageError
+
+    _, call, words = case
+    with pytest.raises(UsageError, match=words.replace("(", r"\(").replace("[", r"\[")) as info:
+        call(workbench.open(imported_run))
+    assert len(str(info.value).splitlines()) == 1

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import workbench
 from workbench.analysis import Analysis, AnalysisFailed, ResultsMismatch, analyze, register, select_steps, unregister
 from workbench.cli import app
-from workbench.errors import StepNotFound, UsageError
+from workbench.errors import MissingData, StepNotFound, UsageError
 
 STEPS = (0, 10, 20, 30)
 
@@ -149,12 +149,12 @@ def test_steps_not_in_the_run_name_the_nearest(run_path):
 
 def test_forward_analysis_needs_a_tokenizer_and_an_evaluation_set(run_path, tmp_path):
     code, out = wb("analyze", run_path, "--only", "test_tokens", "--workers", "0")
-    assert code == 2 and out.count("\n") == 1
+    assert code == 1 and out.count("\n") == 1  # data the run lacks: exit 1
     assert "test_tokens needs a forward pass, but" in out and "no tokenizer and no evaluation set" in out
     assert "--tokenizer DIR" in out and "--eval-data FILE" in out
     data = tmp_path / "eval.jsonl"
     data.write_text(json.dumps({"text": "the cat sat", "domain": "en"}) + "\n")
-    with pytest.raises(UsageError, match=r"has no tokenizer \(an imported run\?\): store one with"):
+    with pytest.raises(MissingData, match=r"has no tokenizer \(an imported run\?\): store one with"):
         analyze(run_path, ["test_tokens"], eval_data=data, workers=0)
     with pytest.raises(UsageError, match="evaluation set .*missing.txt not found"):
         analyze(run_path, ["test_tokens"], eval_data=tmp_path / "missing.txt", workers=0)
@@ -188,7 +188,7 @@ def test_forward_analysis_gets_the_eval_set_from_a_file_or_the_held_out_split(ne
     writer = workbench.create(path, model_config=tiny_config.to_dict(), tokenizer=tiny_tokenizer())
     for step, sd in sds.items():
         writer.write_checkpoint(step, sd)
-    with pytest.raises(UsageError, match=r"has no evaluation set \(an imported run\?\): give one with `--eval-data FILE`"):
+    with pytest.raises(MissingData, match=r"has no evaluation set \(an imported run\?\): give one with `--eval-data FILE`"):
         analyze(path, ["test_tokens"], workers=0)
     data = tmp_path / "eval.txt"
     data.write_text("the cat sat\n\nle chat\nthe cat\n")

@@ -14,7 +14,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any hub call fails loudly instead of hanging
 
 import workbench
-from workbench.errors import IncompatibleCheckpoint, UsageError
+from workbench.errors import IncompatibleCheckpoint, MissingData, UsageError
 from workbench.models.capture import available_hooks, capture
 from workbench.store.hf import import_hf
 
@@ -174,7 +174,7 @@ def test_run_without_tokenizer_has_no_nnsight_view(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     run = workbench.open(make_run(tmp_path, LlamaForCausalLM, LlamaConfig(**LLAMA), steps=(0,), tokenizer=False))
-    with pytest.raises(UsageError, match=r"has no tokenizer.*`wb import hf SRC --out RUN --tokenizer DIR`"):
+    with pytest.raises(MissingData, match=r"has no tokenizer.*`wb import hf SRC --out RUN --tokenizer DIR`"):
         run.checkpoint(0).to_nnsight()
     assert run.checkpoint(0).to_hooked_transformer().tokenizer is None  # TransformerLens works without one
 

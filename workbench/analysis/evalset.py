@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workbench.errors import UsageError
+from workbench.errors import MissingData, UsageError
 
 if TYPE_CHECKING:
     from workbench.analysis.base import Analysis
@@ -101,7 +101,7 @@ def load_file(path: str | os.PathLike) -> EvalSet:
 
 def resolve(run: "Run", analyses: list["Analysis"], eval_data: str | os.PathLike | None) -> EvalSet | None:
     """The evaluation set of the analyses that read one (None when none does), after checking that the run
-    has what forward analyses need; else a `UsageError` that says what the run lacks and how to supply it."""
+    has what forward analyses need; else `MissingData` saying what the run lacks and how to supply it."""
     forward = [a.name for a in analyses if a.kind == "forward"]
     readers = [a for a in analyses if a.needs_eval_set()]
     if not forward:
@@ -116,7 +116,7 @@ def resolve(run: "Run", analyses: list["Analysis"], eval_data: str | os.PathLike
         how.append(f"give one with `--eval-data FILE` ({FORMATS})")
     if missing:
         needs = "needs" if len(forward) == 1 else "need"
-        raise UsageError(f"{', '.join(forward)} {needs} a forward pass, but {run.location} has no "
+        raise MissingData(f"{', '.join(forward)} {needs} a forward pass, but {run.location} has no "
                          f"{' and no '.join(missing)} (an imported run?): {'; '.join(how)}")
     if eval_set is None:
         return None

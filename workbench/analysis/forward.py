@@ -1,5 +1,6 @@
-"""What the forward-pass analyses share: the evaluation set cut into batches, the model of a step, and one
-forward pass whose activations stream into running statistics.
+"""What the forward-pass analyses share: the evaluation set cut into batches, one forward pass whose
+activations stream into running statistics, and logits read out of the residual stream in chunks (the model
+of a step is `StepContext.model()`).
 
 Evaluation batches are made as the trainer packs its data: per domain, the documents (in evaluation-set
 order) are laid end to end, each followed by the tokenizer's end-of-text token when it has one, and the

@@ -46,7 +46,7 @@ def make_plan(run: "Run", names=None, steps=None, params: dict[str, dict] | None
     chosen = steps_mod.select(run.steps, steps)
     try:
         eval_set = evalset.resolve(run, analyses, eval_data)
-    except UsageError as e:
+    except MissingData as e:
         if names or all(a.kind == "forward" for a in analyses):
             raise
         # Asked for "everything": run what the run allows, and say what was left out and why.

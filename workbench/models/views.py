@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from workbench.errors import IncompatibleCheckpoint, UsageError
+from workbench.errors import IncompatibleCheckpoint, MissingData, UsageError
 
 if TYPE_CHECKING:
     from training.model import Llama
@@ -233,7 +233,7 @@ def nnsight_model(checkpoint: "Checkpoint", device=None, dtype=None):
     run = checkpoint.run
     tokenizer = hf_tokenizer(run)
     if tokenizer is None:
-        raise UsageError(f"{run.location} has no tokenizer, which nnsight needs; attach one when importing: "
+        raise MissingData(f"{run.location} has no tokenizer, which nnsight needs; attach one when importing: "
                          f"`wb import hf SRC --out RUN --tokenizer DIR` (DIR holding tokenizer.json)")
     model = hf_model(checkpoint, device=device, dtype=dtype)
     import nnsight

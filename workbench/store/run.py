@@ -36,8 +36,8 @@ class Run:
     checkpoint_type: type["Checkpoint"]  # what `checkpoint()` returns; set below, extended by workbench.api
 
     def __init__(self, location: str | os.PathLike, snapshot: str | None = None):
+        self.repo = open_repository(location)  # checks what `location` is first
         self.location = os.fspath(location)
-        self.repo = open_repository(location)
         self.pinned = snapshot
         self.refresh()
 

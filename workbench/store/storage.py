@@ -17,6 +17,8 @@ icechunk.set_logs_filter(os.environ.get("ICECHUNK_LOG", "icechunk=error"))
 
 def storage_for(location: str | os.PathLike) -> icechunk.Storage:
     """Icechunk storage for a local path or an `s3://bucket/prefix` URL (credentials from the environment)."""
+    if not isinstance(location, (str, os.PathLike)):
+        raise UsageError(f"a run location is a folder path or an s3://bucket/prefix URL, not {location!r}")
     text = os.fspath(location)
     url = urlparse(text)
     if url.scheme == "s3":
@@ -47,10 +49,10 @@ def local_path(location: str | os.PathLike) -> Path | None:
 
 def open_repository(location: str | os.PathLike) -> icechunk.Repository:
     """The existing repository at `location`, or `RunNotFound`."""
+    storage = storage_for(location)
     path = local_path(location)
     if path is not None and path.exists() and not path.is_dir():
         raise RunNotFound(f"{os.fspath(location)} is a file, not a run; give a run folder or s3://bucket/prefix")
-    storage = storage_for(location)
     if (path is not None and not path.exists()) or not icechunk.Repository.exists(storage):
         raise RunNotFound(f"{os.fspath(location)} is not a run (no Icechunk repository there); "
                           "create one with `wb train` or `wb import hf`")
