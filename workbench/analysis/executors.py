@@ -112,8 +112,8 @@ class DaskExecutor:
         from workbench.analysis.plugin import PLUGIN, StatePlugin
 
         forward = any(a.kind == "forward" for a, _ in plan.tasks)
-        with self._client(len(plan), plan.memory_per_task, device, forward) as (client, threads, cuda):
-            client.register_plugin(StatePlugin(threads), name=PLUGIN)  # replaces the previous analyze's
+        with self._client(len(plan), plan.memory_per_task, device, forward) as (client, cuda):
+            client.register_plugin(StatePlugin(), name=PLUGIN)  # replaces the previous analyze's
             eval_arg = client.scatter(plan.eval_set, broadcast=True, hash=False) if plan.eval_set is not None else None
             tasks, token = _tasks(plan, cuda), uuid.uuid4().hex[:8]
             prefer = _blocks(tasks, sorted(client.scheduler_info()["workers"]))
@@ -145,8 +145,8 @@ class DaskExecutor:
                     yield None
 
     @contextmanager
-    def _client(self, n_tasks: int, memory: int, device: str, forward: bool) -> Iterator[tuple[object, int | None, bool]]:
-        """(client, torch threads per worker or None, whether forward tasks go to GPUs)."""
+    def _client(self, n_tasks: int, memory: int, device: str, forward: bool) -> Iterator[tuple[object, bool]]:
+        """(client, whether forward tasks go to GPUs)."""
         from distributed import Client
 
         if self.scheduler is not None:
@@ -159,7 +159,7 @@ class DaskExecutor:
                 if device == "cuda" and forward and not gpus:
                     raise UsageError(f"device cuda asked for, but no worker of {self.scheduler} has a GPU resource "
                                      "(start workers with --resources GPU=1)")
-                yield client, None, forward and (device == "cuda" or (device == "auto" and gpus))
+                yield client, forward and (device == "cuda" or (device == "auto" and gpus))
             finally:
                 client.close()
             return
@@ -169,12 +169,11 @@ class DaskExecutor:
         if device == "cuda" and forward and not cuda:
             raise UsageError("device cuda asked for, but this machine has no CUDA device")
         n = self.workers or (1 if cuda else default_workers(n_tasks, memory))
-        threads = max(1, _cores() // n)
-        cluster = local_cluster(n, threads, gpu=cuda)
+        cluster = local_cluster(n, gpu=cuda)  # torch threads: cores / n, from OMP_NUM_THREADS
         try:
             client = Client(cluster)
             try:
-                yield client, threads, cuda
+                yield client, cuda
             finally:
                 client.close()
         finally:

@@ -11,17 +11,12 @@ PLUGIN = "workbench-state"
 
 class StatePlugin(WorkerPlugin):
     """One `WorkerState` per worker process, created when the plugin is registered (or the worker starts),
-    dropped when it is replaced; and the worker's torch thread count."""
+    dropped when it is replaced."""
 
-    def __init__(self, threads: int | None = None):
-        self.threads = threads
+    def __init__(self):
         self.state: WorkerState | None = None
 
     def setup(self, worker) -> None:
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
         self.state = WorkerState()
 
     def teardown(self, worker) -> None:
