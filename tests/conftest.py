@@ -153,3 +153,15 @@ def trained_run(_trained, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(_trained, tmp_path / "trained"))
+
+
+@pytest.fixture(scope="session")
+def analysed_run(_trained, tmp_path_factory) -> Path:
+    """A copy of the trained run with every built-in analysis stored at every step (read only: copy it to write)."""
+    import shutil
+
+    from workbench.analysis import analyze
+
+    path = Path(shutil.copytree(_trained, tmp_path_factory.mktemp("analysed") / "run"))
+    analyze(path, workers=0, progress=False, params={"similarity": {"tokens": 128}, "memorization": {"sample": 12}})
+    return path

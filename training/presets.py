@@ -15,6 +15,10 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     "tiny": (dict(vocab_size=1024, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256),
              dict(batch_size=8, seq_len=64, lr=3e-3, warmup_steps=50)),
+    # the demo run: deep and wide enough for layer x step pictures, trains 2,000 steps in about a minute on 2 cores
+    "demo": (dict(vocab_size=1024, hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256),
+             dict(batch_size=8, seq_len=64, lr=3e-3, warmup_steps=50)),
     "small": (dict(vocab_size=8192, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
                    num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024),
               dict(batch_size=32, seq_len=512, lr=1e-3, warmup_steps=500)),

@@ -259,5 +259,51 @@ def results_cmd(
         typer.echo(f"plot written to {plot}")
 
 
+@app.command()
+@expected_errors
+def dashboard(
+    runs: Annotated[list[str], typer.Argument(help="run folders or s3:// URLs (the first is shown first)")],
+    port: Annotated[int, typer.Option(help="port to serve on")] = 8501,
+    host: Annotated[str, typer.Option(help="address to serve on (0.0.0.0: every interface)")] = "127.0.0.1",
+):
+    """Browse runs in the browser: curves, layer × step maps, two checkpoints side by side, the training data."""
+    import signal
+    import subprocess
+    from importlib.resources import files
+
+    import workbench
+    from workbench.errors import UsageError
+
+    for run in runs:
+        workbench.open(run)  # a path that is not a run fails here, in one line
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {port}")
+    _check_port_free(host, port)
+    app = files("apps.dashboard").joinpath("app.py")  # layer 6, run as its own process: never imported here
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", host,
+           "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal", "--logger.level", "error", "--", *runs]
+    typer.echo(f"dashboard of {', '.join(runs)} at http://{host}:{port} (Ctrl-C stops it)")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+    typer.echo("dashboard stopped")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    from workbench.errors import UsageError
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UsageError(f"--port {port} on {host} is not available ({e.strerror}); pick another with --port N") from None
+
+
 if __name__ == "__main__":
     app()

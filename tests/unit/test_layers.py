@@ -18,6 +18,7 @@ LAYER_OF = {
     "workbench": 5,  # workbench/__init__.py
     "workbench.cli": 5,
     "workbench.api": 5,  # the Run / Checkpoint facade that workbench.open returns
+    "workbench.figures": 5,  # the dashboard's figures, for notebooks too
     "probes": 4,
     "workbench.analysis": 3,
     "workbench.models": 2,

@@ -13,7 +13,9 @@ Per step, the model's greedy continuation of each prompt, as long as the target:
 - `token_match` [sequence]: share of continuation tokens equal to the target's, position by position;
 - `times_seen` [sequence]: training batches up to this step that held any of the target's tokens (from the
   run's data order; a canary counts in every document that carries it), and `steps_since_seen` [sequence]
-  (NaN when never seen): with `copies`, the axes of the step × frequency heatmaps of memorisation studies.
+  (NaN when never seen): with `copies`, the axes of the step × frequency heatmaps of memorisation studies;
+- `continuation` [sequence, position]: the greedy continuation's token ids (-1 past the target's length), so
+  that examples can be shown; prompts and targets are the same at every step (`sequences(run, params)`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Memorization(Analysis):
     name = "memorization"
     kind = "forward"
     reads_eval_set = False  # its sequences come from the training corpus
-    dims = ("sequence",)
+    dims = ("sequence", "position")
     description = ("greedy completion of canaries and sampled training sequences, with how often and how "
                    "recently each was seen (see workbench/analysis/memorization.py)")
 
@@ -113,7 +115,9 @@ class Memorization(Analysis):
              "times_seen": ("sequence", times, {
                  "description": "training batches up to this step holding any of the target's tokens"}),
              "steps_since_seen": ("sequence", since, {
-                 "description": "steps since the last batch holding the target (NaN: never seen)", "units": "steps"})},
+                 "description": "steps since the last batch holding the target (NaN: never seen)", "units": "steps"}),
+             "continuation": (("sequence", "position"), _padded(generated, self.params.continuation_tokens), {
+                 "description": "token ids of the greedy continuation (-1 past the target's length)"})},
             coords={"sequence": np.arange(len(seqs)),
                     "kind": ("sequence", np.array([s.kind for s in seqs], dtype=object)),
                     "document_id": ("sequence", np.array([s.document_id for s in seqs])),
@@ -136,6 +140,13 @@ def greedy(model: torch.nn.Module, prompts: list[tuple[int, ...]], lengths: list
             continued = generate(model, ids, n)[:, ids.shape[1]:].tolist()  # [batch, n]
             for row, i in zip(continued, idx):
                 out[i] = row
+    return out
+
+
+def _padded(rows: list[list[int]], width: int) -> np.ndarray:
+    out = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
     return out
 
 

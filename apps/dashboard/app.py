@@ -1,0 +1,86 @@
+"""The Trajectory Workbench dashboard: `wb dashboard RUN [RUN ...]` runs Streamlit on this file.
+
+The sidebar chooses the runs (`?run=`, repeatable) and steps A and B (`?step=`, `?step_b=`); pages add their own
+choices (`?layer=`, `?head=`, `?domain=`, ...). Every choice is bound to the URL, so a link reopens the view.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from apps.dashboard import state
+
+HERE = Path(__file__).parent
+# The page files live in views/, not pages/: Streamlit would also serve a pages/ folder as pages of their own.
+PAGES = [  # (file, title, icon)
+    ("overview.py", "Overview", ":material/dashboard:"),
+    ("weights.py", "Weights", ":material/grid_on:"),
+    ("activations.py", "Activations", ":material/bolt:"),
+    ("lens.py", "Lens", ":material/visibility:"),
+    ("similarity.py", "Similarity", ":material/compare_arrows:"),
+    ("memorization.py", "Memorisation", ":material/psychology:"),
+    ("tokens.py", "Tokens", ":material/text_fields:"),
+    ("data.py", "Data", ":material/dataset:"),
+    ("compare.py", "Compare", ":material/difference:"),
+    ("other.py", "Other analyses", ":material/extension:"),
+]
+
+
+def main() -> None:
+    st.set_page_config(page_title="Trajectory Workbench", page_icon=":material/timeline:", layout="wide")
+    pages = [st.Page(HERE / "views" / f, title=t, icon=i, default=n == 0) for n, (f, t, i) in enumerate(PAGES)]
+    page = st.navigation(pages)
+    _follow_page_parameter(pages, page)
+    chosen = _sidebar()
+    if chosen is None:
+        st.stop()
+    st.session_state["selection"] = chosen
+    page.run()
+
+
+def _follow_page_parameter(pages: list, current) -> None:
+    """`?page=weights` opens that page (the page is otherwise in the URL's path); an unknown one is a notice."""
+    wanted = st.query_params.get("page")
+    if wanted is None:
+        return
+    by_name = {p.url_path or "overview": p for p in pages}
+    if wanted not in by_name:
+        st.warning(f"no page {wanted!r}; pages: {', '.join(by_name)}")
+    elif by_name[wanted] is not current:
+        rest = [(k, v) for k in st.query_params for v in st.query_params.get_all(k) if k != "page"]
+        st.switch_page(by_name[wanted], query_params=rest)
+
+
+def _sidebar() -> state.Selection | None:
+    from workbench.errors import WorkbenchError
+
+    asked = st.query_params.get_all("run")
+    options = list(dict.fromkeys(state.started_runs() + asked))
+    if not options:
+        st.error("No run to show: start the dashboard with `wb dashboard RUN`, or add `?run=PATH` to the URL.")
+        return None
+    locations = st.sidebar.multiselect("runs", options, default=options[:1], key="run", bind="query-params",
+                                       help="the first is the one the pages show; curves overlay them all")
+    if not locations:
+        st.info("Choose a run in the sidebar.")
+        return None
+    runs = []
+    for location in locations:
+        try:
+            runs.append(state.open_run(location))
+        except WorkbenchError as e:
+            st.error(f"{location}: {e}")
+    if not runs:
+        return None
+    steps = state.steps_of(runs[0])
+    if not steps:
+        return state.Selection(tuple(runs), (), None, None)
+    step = state.choose("step", steps, "step", default=steps[-1], where=st.sidebar)
+    step_b = state.choose("step B", steps, "step_b", default=steps[0], where=st.sidebar)
+    st.sidebar.caption(f"{runs[0].location}: {len(runs[0].steps)} checkpoints, {len(steps)} steps with data")
+    return state.Selection(tuple(runs), tuple(steps), step, step_b)
+
+
+main()

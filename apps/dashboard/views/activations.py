@@ -1,0 +1,31 @@
+"""Activations: residual stream, massive activations, MLP units, and attention heads over training."""
+
+import streamlit as st
+
+import workbench.figures as wf
+from apps.dashboard import state
+
+sel = state.selection()
+st.title("Activations")
+ds = state.results(sel.run, "activations")
+if ds is None:
+    state.missing(sel.run, "activations")
+    st.stop()
+st.subheader("Residual stream and MLP units")
+columns = st.columns(2)
+for i, var in enumerate(("resid_norm", "resid_kurtosis", "massive_ratio", "dead_units")):
+    columns[i % 2].plotly_chart(wf.layer_step_map(ds, var), key=f"map-{var}")
+
+st.subheader("Massive activations: which dimensions, from which step")
+st.dataframe(wf.massive_dimensions(ds), hide_index=True)
+
+st.subheader("Attention heads")
+var = state.choose("statistic", ["sink_mass", "attn_entropy"], "attn")
+step = sel.step if sel.step in ds["step"].values else int(ds["step"].values[-1])
+st.plotly_chart(wf.head_layer_map(ds, var, step), key="heads")
+left, right = st.columns(2)
+layer = state.choose("layer", [int(l) for l in ds["layer"].values], "layer", where=left)
+head = state.choose("head", [int(h) for h in ds["head"].values], "head", where=right)
+left, right = st.columns(2)
+left.plotly_chart(wf.layer_step_map(ds, var, head=head), key="head-map")
+right.plotly_chart(wf.layer_curves(ds, var, [layer], head=head), key="head-curve")

@@ -1,0 +1,31 @@
+"""Compare: two checkpoints side by side — every stored statistic at A and B, weight distance per layer, and
+the memorisation continuations of both."""
+
+import streamlit as st
+
+import workbench.figures as wf
+from apps.dashboard import state
+
+sel = state.selection()
+run = sel.run
+a, b = sel.step_b, sel.step
+st.title(f"Compare step {a} (A) with step {b} (B)")
+st.caption("A is the sidebar's step B, B its step: the differences read as B − A, forward in training when B is later.")
+names = list(run.stored_results())
+results = {n: state.results(run, n) for n in names}
+table = wf.compare_statistics(results, a, b)
+if table.empty:
+    st.info("No stored analysis holds both steps; compute them with `wb analyze`.")
+else:
+    analysis = state.choose("analysis", sorted(table["analysis"].unique()), "analysis")
+    st.dataframe(table[table["analysis"] == analysis].drop(columns="analysis"), hide_index=True)
+if a in run.steps and b in run.steps:
+    st.plotly_chart(wf.weight_distance_figure(wf.weight_distances(run, a, b), a, b), key="distances")
+else:
+    st.info("Weight distances need checkpoints at both steps.")
+if (mem := results.get("memorization")) is not None and {a, b} <= set(mem["step"].values.tolist()):
+    st.subheader("Continuations")
+    ex_a, ex_b = (wf.memorization_examples(run, mem, s) for s in (a, b))
+    both = ex_a[["kind", "canary", "target", "continuation"]].rename(columns={"continuation": f"step {a}"})
+    both[f"step {b}"] = ex_b["continuation"].values
+    st.dataframe(both, hide_index=True)

@@ -1,0 +1,39 @@
+"""Data: the documents that contain a text and every step that saw them; the documents of any step's batch."""
+
+import streamlit as st
+
+import workbench.figures as wf
+from apps.dashboard import state
+from workbench.errors import MissingData, WorkbenchError
+
+sel = state.selection()
+run = sel.run
+st.title("Training data")
+try:
+    corpus = run.documents()
+except MissingData as e:
+    st.info(f"{e}. The data pages need the corpus and data order that `wb train` records.")
+    st.stop()
+query = st.text_input("documents containing", key="q", bind="query-params", placeholder="capital of")
+if query:
+    hits = wf.document_hits(run, query)
+    st.caption(f"{len(hits)} document(s) shown")
+    st.dataframe(hits, hide_index=True)
+
+doc_param = st.query_params.get("doc")
+if doc_param is not None and doc_param.isdigit() and int(doc_param) in set(corpus["document_id"]):
+    doc = int(doc_param)
+    row = corpus.set_index("document_id").loc[doc]
+    seen = run.steps_seen(doc)
+    st.subheader(f"Document {doc} ({row['domain']}, {row['split']})")
+    st.caption(f"seen at {len(seen)} step(s): {', '.join(map(str, seen)) or 'never'}")
+    st.text(row["text"])
+elif doc_param is not None:
+    st.warning(f"document {doc_param!r} from the URL is not in this run's corpus")
+
+st.subheader(f"The batch that trained step {sel.step}")
+st.caption("choose the step in the sidebar")
+try:
+    st.dataframe(wf.batch_documents(run, sel.step), hide_index=True)
+except WorkbenchError as e:  # step 0, the initial checkpoint, had no batch
+    st.info(str(e))

@@ -1,0 +1,18 @@
+"""Lens: the logit lens' KL to the final distribution and top-1 agreement, layer × step."""
+
+import streamlit as st
+
+import workbench.figures as wf
+from apps.dashboard import state
+
+sel = state.selection()
+st.title("Logit lens")
+ds = state.results(sel.run, "lens")
+if ds is None:
+    state.missing(sel.run, "lens")
+    st.stop()
+left, right = st.columns(2)
+left.plotly_chart(wf.layer_step_map(ds, "kl"), key="kl")
+right.plotly_chart(wf.layer_step_map(ds, "top1_agreement"), key="top1")
+layers = [int(l) for l in ds["layer"].values]
+st.plotly_chart(wf.layer_curves(ds, "kl", layers), key="kl-curves")

@@ -1,0 +1,22 @@
+"""Any other analysis (a plugin's, say): its own figures (`Analysis.plot`) and summary table."""
+
+import streamlit as st
+
+from apps.dashboard import state
+from workbench.analysis import Analysis, registry
+
+BUILT_IN = {"weights", "activations", "lens", "similarity", "memorization", "loss"}
+sel = state.selection()
+st.title("Other analyses")
+names = sorted(set(sel.run.stored_results()) - BUILT_IN)
+if not names:
+    st.info("Every stored analysis of this run has a page of its own. Analyses added by plugins appear here.")
+    st.stop()
+name = state.choose("analysis", names, "analysis")
+ds = state.results(sel.run, name)
+cls = registry().get(name, Analysis)
+st.caption(ds.attrs.get("description", ""))
+st.plotly_chart(cls.plot(ds, title=name), key="summary")
+if sel.step in ds["step"].values:
+    st.plotly_chart(cls.plot(ds, sel.step, title=f"{name} at step {sel.step}"), key="at-step")
+st.dataframe(cls.summary(ds))

@@ -1,0 +1,41 @@
+"""Overview: the run card, training curves, held-out loss per domain, and which analyses are stored."""
+
+import streamlit as st
+
+import workbench.figures as wf
+from apps.dashboard import state
+
+sel = state.selection()
+run = sel.run
+st.title("Overview")
+card = wf.run_card(run)
+columns = st.columns(4)
+for i, (key, value) in enumerate(card.items()):
+    columns[i % 4].markdown(f"**{key}**  \n{value if value is not None else '—'}")
+with st.expander("model and training config"):
+    st.json({"model_config": run.model_config, "train_config": run.train_config}, expanded=False)
+
+st.subheader("Training")
+metrics = {r.location: m for r in sel.runs if (m := state.metrics(r)) is not None}
+if not metrics:
+    st.info(f"{run.location} records no training metrics (an imported run): nothing to plot here.")
+else:
+    left, right = st.columns(2)
+    smoothing = left.slider("smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing", bind="query-params")
+    log_step = right.toggle("log step axis", True, key="log_step", bind="query-params")
+    columns = st.columns(2)
+    for i, column in enumerate(wf.overview.METRICS):
+        columns[i % 2].plotly_chart(wf.metrics_figure(metrics, column, smoothing, log_step), key=f"metric-{column}")
+
+st.subheader("Held-out loss")
+losses = {r.location: ds for r in sel.runs if (ds := state.results(r, "loss")) is not None}
+if losses:
+    st.plotly_chart(wf.heldout_loss_figure(losses), key="heldout")
+else:
+    state.missing(run, "loss")
+
+st.subheader("Stored analyses")
+table = wf.coverage(run)
+st.dataframe(table, hide_index=True)
+if (table["missing"] > 0).any():
+    st.code("\n".join(table.loc[table["missing"] > 0, "command"]), language="bash")

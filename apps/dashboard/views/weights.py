@@ -1,0 +1,26 @@
+"""Weights: every statistic as a layer × step heatmap per parameter kind; a chosen cell opens its curves."""
+
+import streamlit as st
+
+import workbench.figures as wf
+from apps.dashboard import state
+from workbench.analysis.weights import STATISTICS
+
+sel = state.selection()
+st.title("Weights")
+ds = state.results(sel.run, "weights")
+if ds is None:
+    state.missing(sel.run, "weights")
+    st.stop()
+left, right = st.columns(2)
+statistic = state.choose("statistic", list(STATISTICS), "statistic", where=left)
+kinds = wf.weight_kinds(ds)
+kind = state.choose("parameter", kinds, "param", where=right)
+clicked = st.plotly_chart(wf.weight_map(ds, statistic, kind), key="map", on_select="rerun", selection_mode="points")
+layers = sorted(int(l) for l in wf.maps.weight_grid(ds, statistic, kind)["layer"].values)
+if points := (clicked.selection.points if clicked else None):  # a chosen cell: its layer's curves
+    state.pick("layer", int(points[0]["y"]))
+layer = state.choose("layer", layers, "layer")
+st.plotly_chart(wf.weight_curves(ds, [statistic], kind, layer), key="curves")
+with st.expander("every statistic of this matrix"):
+    st.plotly_chart(wf.weight_curves(ds, list(STATISTICS), kind, layer), key="all-curves")

@@ -1,0 +1,169 @@
+"""The dashboard through Streamlit's AppTest: every page over a run with every analysis stored runs without an
+exception and shows the stored numbers; the view follows the URL's query parameters; bad values in the URL are
+notices; an imported run shows what it has."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import workbench
+import workbench.figures as wf
+
+APP = Path(__file__).resolve().parents[2] / "apps" / "dashboard" / "app.py"
+PAGES = ["overview", "weights", "activations", "lens", "similarity", "memorization", "tokens", "data", "compare", "other"]
+
+
+def app(monkeypatch, *runs, view: str | None = None, **params) -> AppTest:
+    """A new session of the app as `wb dashboard RUN ...` starts it, opening page `view` with query parameters
+    `params` (after a first session has registered the pages)."""
+    monkeypatch.setattr(sys, "argv", [str(APP), *map(str, runs)])
+    at = AppTest.from_file(str(APP), default_timeout=120).run()  # registers the pages
+    fresh = AppTest.from_file(str(APP), default_timeout=120)  # a new session opening the URL
+    fresh.query_params.update({k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in params.items()})
+    if view is not None and view != "overview":
+        fresh._registered_pages = at._registered_pages
+        fresh.switch_page(f"views/{view}.py")
+    return fresh.run()
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def values(v) -> np.ndarray:
+    """A trace's data as plotly's JSON holds it: a list, or a typed array (dtype, base64 bytes, shape)."""
+    if isinstance(v, dict):
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+        return a.reshape([int(n) for n in str(v["shape"]).split(",")]) if "shape" in v else a
+    return np.asarray(v, dtype=float)
+
+
+def titled(at: AppTest, words: str) -> dict:
+    """The first chart whose title holds `words`."""
+    return next(c for c in charts(at) if words in c["layout"]["title"]["text"])
+
+
+def texts(at: AppTest) -> str:
+    return " ".join(str(e.value) for kind in ("markdown", "info", "warning", "caption", "code", "error")
+                    for e in at.get(kind))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_without_an_exception(page, analysed_run, monkeypatch):
+    at = app(monkeypatch, analysed_run, view=page)
+    assert not at.exception, at.exception
+    assert not at.get("error"), [e.value for e in at.get("error")]
+
+
+def test_overview_shows_the_stored_curves_and_coverage(analysed_run, monkeypatch):
+    run = workbench.open(analysed_run)
+    at = app(monkeypatch, analysed_run)
+    heldout = titled(at, "held-out loss")
+    loss = run.results("loss")
+    for trace in heldout["data"]:
+        np.testing.assert_allclose(values(trace["y"]), loss["loss"].sel(domain=trace["name"]).values, rtol=1e-12)
+    training = titled(at, "training loss")
+    np.testing.assert_allclose(values(training["data"][0]["y"]), wf.smooth(run.metrics()["loss"].to_numpy(), 0.6), rtol=1e-12)
+    table = at.dataframe[0].value
+    assert set(table["analysis"]) >= {"weights", "loss", "memorization"} and (table["missing"] == 0).all()
+
+
+def test_weights_page_maps_the_chosen_statistic_and_parameter(analysed_run, monkeypatch):
+    template = "model.layers.{layer}.self_attn.q_proj.weight"
+    at = app(monkeypatch, analysed_run, view="weights", statistic="spectral_norm", param=template, layer=1)
+    ds = workbench.open(analysed_run).results("weights")
+    heat = titled(at, f"spectral_norm of {template}")
+    want = [[float(ds["spectral_norm"].sel(step=s, param=template.format(layer=l))) for s in ds["step"].values]
+            for l in (0, 1)]
+    np.testing.assert_allclose(values(heat["data"][0]["z"]), want, rtol=1e-12)
+    curve = titled(at, "model.layers.1.self_attn.q_proj.weight over training")
+    np.testing.assert_allclose(values(curve["data"][0]["y"]), want[1], rtol=1e-12)
+
+
+def test_activations_lens_similarity_show_their_results(analysed_run, monkeypatch):
+    run = workbench.open(analysed_run)
+    at = app(monkeypatch, analysed_run, view="activations", step=15, attn="sink_mass", layer=1, head=2)
+    act = run.results("activations")
+    np.testing.assert_allclose(values(titled(at, "sink_mass at step 15")["data"][0]["z"]),
+                               act["sink_mass"].sel(step=15).transpose("layer", "head").values, rtol=1e-12)
+    np.testing.assert_allclose(values(titled(at, "sink_mass, head 2")["data"][0]["z"]),
+                               act["sink_mass"].sel(head=2).transpose("layer", "step").values, rtol=1e-12)
+    at = app(monkeypatch, analysed_run, view="lens")
+    np.testing.assert_allclose(values(titled(at, "kl:")["data"][0]["z"]),
+                               run.results("lens")["kl"].transpose("layer", "step").values, rtol=1e-12)
+    at = app(monkeypatch, analysed_run, view="similarity", step=20)
+    np.testing.assert_allclose(values(titled(at, "CKA between layers at step 20")["data"][0]["z"]),
+                               run.results("similarity")["cka"].sel(step=20).values, rtol=1e-12)
+
+
+def test_memorisation_and_compare_pages(analysed_run, monkeypatch):
+    run = workbench.open(analysed_run)
+    mem = run.results("memorization")
+    at = app(monkeypatch, analysed_run, view="memorization", step=30, kind="sample")
+    shown = at.dataframe[0].value
+    np.testing.assert_allclose(shown["token match"].values,
+                               mem["token_match"].sel(step=30).values[mem["kind"].values == "sample"], rtol=1e-12)
+    assert (shown["kind"] == "sample").all()
+    at = app(monkeypatch, analysed_run, view="compare", step=30, step_b=5, analysis="lens")
+    table = at.dataframe[0].value.set_index(["row", "variable"])
+    lens = run.results("lens")
+    row = table.loc[("0", "kl")]
+    assert row["A"] == pytest.approx(float(lens["kl"].sel(step=5, layer=0)), rel=1e-12)
+    assert row["B − A"] == pytest.approx(float(lens["kl"].sel(step=30, layer=0) - lens["kl"].sel(step=5, layer=0)), rel=1e-9)
+
+
+def test_tokens_and_data_pages(analysed_run, monkeypatch):
+    at = app(monkeypatch, analysed_run, view="tokens", step=30, step_b=0)
+    assert len(at.get("html")) == 3 and "mean loss" in texts(at)
+    run = workbench.open(analysed_run)
+    doc = run.find_documents("capital of")[0]["document_id"]
+    at = app(monkeypatch, analysed_run, view="data", q="capital of", doc=doc, step=10)
+    hits = at.dataframe[0].value
+    assert doc in hits["document"].tolist()
+    seen = run.steps_seen(doc)
+    assert hits.set_index("document").loc[doc, "times seen"] == len(seen)
+    batch = at.dataframe[1].value
+    assert sorted(batch["document"]) == sorted(p["document_id"] for p in run.batch(10))
+
+
+def test_unknown_values_in_the_url_are_notices(analysed_run, monkeypatch):
+    at = app(monkeypatch, analysed_run, view="weights", step=12345, param="no.such.weight")
+    assert not at.exception
+    notices = " ".join(w.value for w in at.warning)
+    assert "12345" in notices and "no.such.weight" in notices
+    at = app(monkeypatch, analysed_run, view="data", doc=999999)
+    assert not at.exception and "999999" in " ".join(w.value for w in at.warning)
+
+
+def test_an_imported_run_shows_what_it_has(monkeypatch, tmp_path, hf_state_dicts, tiny_config):
+    path = tmp_path / "imported"
+    writer = workbench.create(path, model_config=tiny_config.to_dict())
+    for step, sd in hf_state_dicts((0, 10)).items():
+        writer.write_checkpoint(step, sd)
+    for page in PAGES:
+        at = app(monkeypatch, path, view=page)
+        assert not at.exception, (page, at.exception)
+    at = app(monkeypatch, path)
+    assert "no training metrics" in texts(at) and f"wb analyze {path} --only loss" in texts(at)
+    assert "training corpus" in texts(app(monkeypatch, path, view="data"))
+
+
+def test_several_runs_overlay_their_curves(analysed_run, tmp_path, monkeypatch):
+    import shutil
+
+    other = shutil.copytree(analysed_run, tmp_path / "second")
+    at = app(monkeypatch, analysed_run, other, run=[str(analysed_run), str(other)])
+    names = {t["name"] for t in titled(at, "training loss")["data"]}
+    assert names == {str(analysed_run), str(other)}
+
+
+def test_the_page_can_be_named_in_the_query(analysed_run, monkeypatch):
+    at = app(monkeypatch, analysed_run, page="nowhere")
+    assert not at.exception and "no page 'nowhere'" in " ".join(w.value for w in at.warning)

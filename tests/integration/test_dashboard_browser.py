@@ -1,0 +1,181 @@
+"""The dashboard as a user runs it: `wb dashboard` on a loopback port, a real headless Chromium (Debian's
+`chromium`, which `make test` installs; driven by Playwright, which downloads nothing): every page renders, the
+step is in the URL, a saved URL reopens the view, new checkpoints appear on refresh, Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import workbench
+from workbench.cli import app as cli
+
+PAGES = ["", "weights", "activations", "lens", "similarity", "memorization", "tokens", "data?q=capital+of",
+         "compare", "other"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dashboard:
+    """`wb dashboard RUN ...` in its own process; `stop()` sends Ctrl-C (SIGINT) and returns its output."""
+
+    def __init__(self, *runs: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        wb = Path(sys.executable).with_name("wb")
+        self.proc = subprocess.Popen([str(wb), "dashboard", *map(str, runs), "--port", str(self.port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2).read() == b"ok":
+                    return
+            except OSError:
+                time.sleep(0.3)
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"wb dashboard did not come up: {self.proc.stdout.read()}")
+
+    def stop(self) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode, self.proc.stdout.read()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    assert Path(executable).exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def served(analysed_run):
+    dash = Dashboard(analysed_run)
+    yield dash
+    code, out = dash.stop()
+    assert code == 0 and "dashboard stopped" in out, out
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(url)
+    page.wait_for_selector("[data-testid=stSidebar] >> text=/\\d+ checkpoints/", timeout=60_000)  # the sidebar is done
+    settle(page)
+    return page
+
+
+def settle(page) -> None:
+    """Wait until the script run is over (Streamlit shows its status widget while running)."""
+    page.wait_for_timeout(500)
+    page.wait_for_function("!document.querySelector('[data-testid=stStatusWidget]')", timeout=60_000)
+    page.wait_for_timeout(300)
+
+
+def test_every_page_renders_without_an_exception(browser, served, tmp_path):
+    for name in PAGES:
+        page = open_page(browser, f"{served.url}/{name}")
+        assert page.query_selector("[data-testid=stException]") is None, page.inner_text("body")[:2000]
+        if name in ("", "weights", "lens", "activations"):
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+        page.screenshot(path=str(tmp_path / f"{name.split('?')[0] or 'overview'}.png"), full_page=True)
+        page.close()
+    assert len(list(tmp_path.glob("*.png"))) == len(PAGES)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` in the select box labelled `label`."""
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    settle(page)
+
+
+def test_the_step_is_in_the_url_and_a_saved_url_reopens_the_view(browser, served):
+    page = open_page(browser, f"{served.url}/weights")
+    choose(page, "step B", "10")
+    assert "step_b=10" in page.url
+    choose(page, "statistic", "spectral_norm")
+    assert "statistic=spectral_norm" in page.url
+    saved = page.url
+    page.close()
+    again = open_page(browser, saved)
+    again.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    assert "spectral_norm of model.layers" in again.inner_text("body")
+    assert again.get_by_role("combobox", name="step B", exact=True).input_value() == "10"
+    assert again.get_by_role("combobox", name="statistic", exact=True).input_value() == "spectral_norm"
+    again.close()
+
+
+def test_unknown_step_or_page_in_the_url_is_a_notice(browser, served):
+    page = open_page(browser, f"{served.url}/weights?step=777")
+    assert page.query_selector("[data-testid=stException]") is None
+    assert "777" in page.inner_text("[data-testid=stMain]")
+    page.close()
+    page = open_page(browser, f"{served.url}/no-such-page")
+    assert page.query_selector("[data-testid=stException]") is None
+    page.close()
+    page = open_page(browser, f"{served.url}/?page=lens&step=10")  # the page named in the query
+    page.wait_for_selector("h1:has-text('Logit lens')", timeout=30_000)
+    assert "/lens" in page.url and "step=10" in page.url
+    page.close()
+
+
+def test_new_checkpoints_appear_after_a_refresh(browser, analysed_run, tmp_path):
+    path = shutil.copytree(analysed_run, tmp_path / "growing")
+    dash = Dashboard(path)
+    try:
+        page = open_page(browser, dash.url)
+        assert "7 checkpoints" in page.locator("[data-testid=stSidebar]").inner_text()
+        run = workbench.open(path)
+        workbench.RunWriter(path).write_checkpoint(35, run.checkpoint(30).state_dict())  # as a trainer would
+        page.reload()
+        page.wait_for_selector("[data-testid=stSidebar] >> text=/8 checkpoints/", timeout=60_000)
+        page.close()
+    finally:
+        code, out = dash.stop()
+    assert code == 0, out
+
+
+def wb(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, analysed_run):
+    code, out = wb("dashboard", tmp_path)
+    assert code == 2 and out.startswith("error: ") and len(out.strip().splitlines()) == 1 and "not a run" in out
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, out = wb("dashboard", analysed_run, "--port", port)
+    assert code == 2 and f"--port {port}" in out and len(out.strip().splitlines()) == 1
+    code, out = wb("dashboard", analysed_run, "--port", 70000)
+    assert code == 2 and "--port" in out

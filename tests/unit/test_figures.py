@@ -1,0 +1,152 @@
+"""The dashboard's figures as plain functions: what they draw equals the results they are given, checked
+against hand-built datasets and hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import workbench.figures as wf
+from workbench.figures import _common
+
+STEPS = np.array([0, 10, 30, 100])
+TEMPLATES = ["model.layers.{layer}.mlp.up_proj.weight", "lm_head.weight"]
+
+
+def weights_ds() -> xr.Dataset:
+    """Weights-like results: 2 stacked layers of up_proj and one lm_head, values = 1000·step_index + 10·param."""
+    params = ["model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight", "lm_head.weight"]
+    values = np.array([[1000 * s + 10 * p for p in range(3)] for s in range(len(STEPS))], dtype=float)
+    return xr.Dataset({"frobenius_norm": (("step", "param"), values, {"description": "‖W‖"}),
+                       "spectral_norm": (("step", "param"), -values, {"description": "σ_max"})},
+                      coords={"step": STEPS, "param": params, "layer": ("param", [0, 1, -1]),
+                              "template": ("param", [TEMPLATES[0], TEMPLATES[0], TEMPLATES[1]])})
+
+
+def activations_ds() -> xr.Dataset:
+    rng = np.random.default_rng(0)
+    entropy = rng.random((len(STEPS), 3, 2))  # [step, layer, head]
+    dims = np.array([[[5, 1], [7, 2], [5, 3]], [[5, 1], [7, 2], [9, 3]], [[6, 1], [7, 2], [9, 3]], [[6, 1], [7, 2], [9, 3]]])
+    ratio = np.arange(len(STEPS) * 3 * 2, dtype=float).reshape(len(STEPS), 3, 2)
+    return xr.Dataset({"attn_entropy": (("step", "layer", "head"), entropy, {"description": "entropy", "units": "nats"}),
+                       "massive_dim": (("step", "layer", "rank"), dims, {"description": "dim"}),
+                       "massive_ratio": (("step", "layer", "rank"), ratio, {"description": "ratio"})},
+                      coords={"step": STEPS, "layer": [0, 1, 2], "head": [0, 1], "rank": [0, 1]})
+
+
+def z_of(fig) -> np.ndarray:
+    return np.asarray(fig.data[0].z, dtype=float)
+
+
+def test_weight_map_draws_the_statistic_of_each_layer_at_each_step():
+    ds = weights_ds()
+    assert wf.weight_kinds(ds) == TEMPLATES  # stacked kinds first
+    fig = wf.weight_map(ds, "frobenius_norm", TEMPLATES[0])
+    np.testing.assert_array_equal(z_of(fig), ds["frobenius_norm"].values[:, :2].T)  # [layer, step]
+    assert list(fig.data[0].x) == [str(s) for s in STEPS] and list(fig.data[0].y) == ["0", "1"]
+    one = wf.weight_map(ds, "spectral_norm", "lm_head.weight")
+    np.testing.assert_array_equal(z_of(one), -ds["frobenius_norm"].values[:, 2:].T)
+    curves = wf.weight_curves(ds, ["frobenius_norm", "spectral_norm"], TEMPLATES[0], 1)
+    np.testing.assert_array_equal(curves.data[0].y, ds["frobenius_norm"].values[:, 1])
+    np.testing.assert_array_equal(curves.data[1].y, -ds["frobenius_norm"].values[:, 1])
+
+
+def test_per_head_variables_are_mapped_at_a_head_or_averaged():
+    ds = activations_ds()
+    mean = wf.layer_step_map(ds, "attn_entropy")
+    np.testing.assert_allclose(z_of(mean), ds["attn_entropy"].values.mean(2).T)
+    head1 = wf.layer_step_map(ds, "attn_entropy", head=1)
+    np.testing.assert_array_equal(z_of(head1), ds["attn_entropy"].values[:, :, 1].T)
+    at = wf.head_layer_map(ds, "attn_entropy", 30)
+    np.testing.assert_array_equal(z_of(at), ds["attn_entropy"].values[2])  # [layer, head] at step index 2
+    top = wf.layer_step_map(ds, "massive_ratio")  # rank 0
+    np.testing.assert_array_equal(z_of(top), ds["massive_ratio"].values[:, :, 0].T)
+
+
+def test_massive_dimensions_say_which_dimension_and_from_which_step():
+    table = wf.massive_dimensions(activations_ds()).set_index(["layer", "dimension"])
+    assert table.loc[(0, 5), ["first step", "last step", "steps on top"]].tolist() == [0, 10, 2]
+    assert table.loc[(0, 6), ["first step", "last step", "steps on top"]].tolist() == [30, 100, 2]
+    assert table.loc[(2, 9), "first step"] == 10 and table.loc[(1, 7), "steps on top"] == 4
+    assert table.loc[(0, 6), "max ratio"] == 3 * 6  # ratio = 6 · step index + 2 · layer + rank, at step index 3
+
+
+def test_smoothing_is_a_debiased_moving_average():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(wf.smooth(x, 0.0), x)
+    np.testing.assert_allclose(wf.smooth(np.full(5, 7.0), 0.9), 7.0)  # no bias towards 0 at the start
+    w = 0.5
+    ema = [0.0]
+    for v in x:
+        ema.append(ema[-1] * w + (1 - w) * v)
+    want = [e / (1 - w ** (i + 1)) for i, e in enumerate(ema[1:])]
+    np.testing.assert_allclose(wf.smooth(x, w), want)
+
+
+def test_long_series_are_thinned_and_the_figure_says_so():
+    n = _common.MAX_POINTS * 3 + 7
+    t = _common.thin(n)
+    assert len(t.index) <= _common.MAX_POINTS and t.index[0] == 0 and t.index[-1] == n - 1
+    df = pd.DataFrame({"loss": np.linspace(5, 1, n)}, index=pd.Index(np.arange(n), name="step"))
+    fig = wf.metrics_figure({"run": df}, "loss", log_step=False)
+    assert len(fig.data[0].x) <= _common.MAX_POINTS and f"of {n:,} points" in fig.layout.title.text
+    short = wf.metrics_figure({"run": df.iloc[:100]}, "loss", log_step=False)
+    assert len(short.data[0].x) == 100 and "showing" not in short.layout.title.text
+    big = _common.heatmap(np.zeros((96, _common.MAX_CELLS // 96 + 500)), np.arange(_common.MAX_CELLS // 96 + 500),
+                          np.arange(96), "t", "step", "layer")
+    assert np.asarray(big.data[0].z).size <= _common.MAX_CELLS and "steps" in big.layout.title.text
+
+
+def test_times_seen_map_averages_the_match_of_each_bin():
+    ds = xr.Dataset({"token_match": (("step", "sequence"), [[0.0, 0.2, 0.4, 1.0], [0.5, 0.7, 0.9, 1.0]]),
+                     "times_seen": (("step", "sequence"), [[0, 0, 1, 5], [1, 3, 3, 0]])},
+                    coords={"step": [10, 20], "sequence": np.arange(4),
+                            "kind": ("sequence", np.array(["sample", "sample", "sample", "canary"], dtype=object))})
+    fig = wf.seen_map(ds)
+    assert list(fig.data[0].y) == ["0", "1", "2–3"]
+    np.testing.assert_allclose(z_of(fig), [[0.1, np.nan], [0.4, 0.5], [np.nan, 0.8]])
+
+
+def test_learned_step_is_the_first_from_which_the_loss_stays_low():
+    loss = xr.DataArray([[5.0, 5.0, 5.0], [0.5, 2.0, 5.0], [0.4, 0.5, 5.0], [0.3, 0.6, 0.1]],
+                        dims=("step", "token"), coords={"step": [0, 10, 20, 30]})
+    np.testing.assert_array_equal(wf.learned_steps(loss, 1.0), [10, 20, 30])
+    np.testing.assert_array_equal(wf.learned_steps(loss, 0.2), [-1, -1, 30])
+
+
+def test_evaluation_documents_end_at_the_end_of_text_token():
+    eos = 0
+    targets = np.array([5, 6, eos, 7, eos, 8, 9, eos, 4])
+    domains = np.array(["a"] * 5 + ["b"] * 4, dtype=object)
+    ds = xr.Dataset(coords={"token": np.arange(9), "target": ("token", targets), "token_domain": ("token", domains)})
+    docs = wf.eval_documents(ds, eos)
+    assert docs.to_dict("records") == [
+        {"domain": "a", "document": 0, "first": 0, "length": 2}, {"domain": "a", "document": 1, "first": 3, "length": 1},
+        {"domain": "b", "document": 0, "first": 5, "length": 2}, {"domain": "b", "document": 1, "first": 8, "length": 1}]
+
+
+def test_compare_lists_every_statistic_at_a_and_b_with_the_difference():
+    ds = weights_ds().drop_vars(["layer", "template"])
+    table = wf.compare_statistics({"synthetic": ds}, 10, 100).set_index(["row", "variable"])  # generic summary
+    row = table.loc[("model.layers.1.mlp.up_proj.weight", "frobenius_norm")]
+    assert (row["A"], row["B"], row["B − A"]) == (1010.0, 3010.0, 2000.0)
+    assert len(table) == 2 * 3
+    assert wf.compare_statistics({"synthetic": ds}, 10, 55).empty  # a step the results do not hold
+
+
+def test_coverage_gives_the_command_for_the_missing_steps():
+    assert wf.overview.analyze_command("runs/x", "lens", [5, 7], 4) == "wb analyze runs/x --only lens --steps 5,7"
+    assert wf.overview.analyze_command("runs/x", "lens", [0, 5, 7, 9], 4) == "wb analyze runs/x --only lens"
+
+
+@pytest.mark.parametrize("vmax", [1.0, 8.0])
+def test_shading_grows_with_the_value(vmax):
+    from workbench.figures.texts import shade, tokens_html
+
+    colors = shade([0.0, vmax / 2, vmax, 3 * vmax], vmax)
+    alphas = [float(c.rsplit(",", 1)[1].rstrip(")")) for c in colors]
+    assert alphas == [0.0, 0.5, 1.0, 1.0]
+    html = tokens_html(["a<b", " c"], colors[:2], ["x", "y"])
+    assert "a&lt;b" in html and 'title="y"' in html

@@ -1,0 +1,41 @@
+"""The dashboard's figures as plain functions of (results or run, selection), for notebooks too.
+
+    import workbench, workbench.figures as wf
+    run = workbench.open("runs/demo")
+    wf.weight_map(run.results("weights"), "frobenius_norm", "model.layers.{layer}.mlp.up_proj.weight")
+    wf.layer_step_map(run.results("activations"), "sink_mass")
+    wf.heldout_loss_figure({"demo": run.results("loss")})
+
+Each returns a plotly figure (or a pandas table); long series are thinned to a bounded number of points and
+the figure's title says so.
+"""
+
+from workbench.figures.compare import compare_statistics, weight_distance_figure, weight_distances
+from workbench.figures.maps import (
+    cka_map,
+    head_layer_map,
+    layer_curves,
+    layer_step_map,
+    massive_dimensions,
+    weight_curves,
+    weight_kinds,
+    weight_map,
+)
+from workbench.figures.overview import coverage, heldout_loss_figure, metrics_figure, run_card, smooth
+from workbench.figures.texts import (
+    batch_documents,
+    canary_map,
+    document_hits,
+    document_learned_html,
+    document_loss_html,
+    eval_documents,
+    learned_steps,
+    memorization_examples,
+    seen_map,
+)
+
+__all__ = ["batch_documents", "canary_map", "cka_map", "compare_statistics", "coverage", "document_hits",
+           "document_learned_html", "document_loss_html", "eval_documents", "head_layer_map", "heldout_loss_figure",
+           "layer_curves", "layer_step_map", "learned_steps", "massive_dimensions", "memorization_examples",
+           "metrics_figure", "run_card", "seen_map", "smooth", "weight_curves", "weight_distance_figure",
+           "weight_distances", "weight_kinds", "weight_map"]

@@ -1,0 +1,97 @@
+"""A run at a glance: its card, training curves, held-out loss, and which analyses are stored for which steps."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from workbench.figures._common import lines, steps_of
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+
+    from workbench.api import Run
+
+METRICS = ("loss", "lr", "grad_norm", "tokens_per_s")
+
+
+def run_card(run: "Run") -> dict:
+    """What the run is: model, training, steps, parameters, bytes, tokenizer, code version."""
+    from workbench.store.storage import bytes_on_disk
+
+    config = run.model_config
+    steps = run.steps
+    return {
+        "location": run.location,
+        "model": config.get("model_type") or "unknown",
+        "layers": config.get("num_hidden_layers") or config.get("n_layer"),
+        "d_model": config.get("hidden_size") or config.get("n_embd"),
+        "heads": config.get("num_attention_heads") or config.get("n_head"),
+        "checkpoints": len(steps),
+        "steps": f"{steps[0]}..{steps[-1]}" if steps else "none",
+        "parameters": sum(math.prod(a.shape[1:]) for a in run.parameter_arrays.values()),
+        "bytes on disk": bytes_on_disk(run.location),
+        "tokenizer": f"vocab {run.tokenizer.get_vocab_size()}" if run.tokenizer is not None else "none",
+        "trained by": "the workbench" if (run.train_config or {}).get("max_steps") else "imported",
+        "code version": run.code_version,
+    }
+
+
+def smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's debiased exponential moving average (weight 0: the raw values)."""
+    values = np.asarray(values, dtype=float)
+    if weight <= 0 or values.size == 0:
+        return values
+    out, last, n = np.empty_like(values), 0.0, 0
+    for i, v in enumerate(values):
+        if np.isfinite(v):
+            last, n = last * weight + (1 - weight) * v, n + 1
+        out[i] = last / (1 - weight**n) if n else np.nan
+    return out
+
+
+def metrics_figure(metrics: dict[str, "pd.DataFrame"], column: str, smoothing: float = 0.0, log_step: bool = True):
+    """One training metric (`loss`, `lr`, `grad_norm`, `tokens_per_s`, ...) over steps, a line per run
+    ({run label: `Run.metrics()`}), smoothed by a debiased moving average."""
+    series = {label: (df.index.to_numpy(), smooth(df[column].to_numpy(), smoothing))
+              for label, df in metrics.items() if column in df}
+    note = f" (smoothed {smoothing:g})" if smoothing else ""
+    return lines(series, f"training {column}{note}", column, log_x=log_step)
+
+
+def heldout_loss_figure(losses: dict[str, "xr.Dataset"], log_step: bool = True):
+    """Held-out loss per domain over steps ({run label: `run.results("loss")`}), a line per run and domain."""
+    series = {}
+    for label, ds in losses.items():
+        steps = steps_of(ds)
+        for domain in ds["domain"].values:
+            name = f"{domain}" if len(losses) == 1 else f"{label} · {domain}"
+            series[name] = (steps, ds["loss"].sel(domain=domain).values)
+    return lines(series, "held-out loss per domain", "loss (nats)", log_x=log_step)
+
+
+def coverage(run: "Run", names: list[str] | None = None) -> "pd.DataFrame":
+    """Per analysis (registered or stored): steps stored, steps missing, and the `wb analyze` command that
+    computes the missing ones."""
+    import pandas as pd
+
+    from workbench.analysis import registry
+
+    stored = run.stored_results()
+    steps = run.steps
+    rows = []
+    for name in names or sorted(set(registry()) | set(stored)):
+        have = stored[name].steps if name in stored else []
+        missing = [s for s in steps if s not in set(have)]
+        rows.append({"analysis": name, "stored": len(have), "missing": len(missing),
+                     "command": analyze_command(run.location, name, missing, len(steps)) if missing else ""})
+    return pd.DataFrame(rows)
+
+
+def analyze_command(location: str, name: str, missing: list[int], n_steps: int) -> str:
+    """The `wb analyze` command that computes `missing` steps of `name`."""
+    steps = "" if len(missing) == n_steps else f" --steps {','.join(map(str, missing))}"
+    return f"wb analyze {location} --only {name}{steps}"
