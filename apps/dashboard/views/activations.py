@@ -13,7 +13,7 @@ if ds is None:
     st.stop()
 st.subheader("Residual stream and MLP units")
 columns = st.columns(2)
-for i, var in enumerate(("resid_norm", "resid_kurtosis", "massive_ratio", "dead_units")):
+for i, var in enumerate(("resid_norm", "resid_kurtosis", "massive_ratio", "fire_rate", "dead_units", "rare_units")):
     columns[i % 2].plotly_chart(wf.layer_step_map(ds, var), key=f"map-{var}")
 
 st.subheader("Massive activations: which dimensions, from which step")
