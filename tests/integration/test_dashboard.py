@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 from streamlit.testing.v1 import AppTest
 
 import workbench
@@ -167,3 +168,34 @@ def test_several_runs_overlay_their_curves(analysed_run, tmp_path, monkeypatch):
 def test_the_page_can_be_named_in_the_query(analysed_run, monkeypatch):
     at = app(monkeypatch, analysed_run, page="nowhere")
     assert not at.exception and "no page 'nowhere'" in " ".join(w.value for w in at.warning)
+
+
+def test_another_analysis_gets_a_generic_page(analysed_run, tmp_path, monkeypatch):
+    """An analysis the dashboard does not know (a plugin's) is browsable through its own `plot` and `summary`."""
+    import shutil
+    from dataclasses import dataclass
+
+    from workbench.analysis import Analysis, analyze, register, unregister
+
+    @register
+    class Norms(Analysis):
+        name, kind, dims = "test_norms", "weights", ("layer",)
+
+        @dataclass(frozen=True)
+        class Params:
+            pass
+
+        def compute(self, ctx):
+            w = ctx.matrices("model.layers.{layer}.mlp.up_proj.weight")
+            return xr.Dataset({"up_norm": ("layer", w.double().flatten(1).norm(dim=1).numpy(),
+                                           {"description": "‖up_proj‖ per layer"})}, coords={"layer": [0, 1]})
+
+    try:
+        path = shutil.copytree(analysed_run, tmp_path / "plugin")
+        analyze(path, ["test_norms"], workers=0, progress=False)
+        at = app(monkeypatch, path, view="other", step=30)
+        assert not at.exception
+        want = workbench.open(path).results("test_norms")["up_norm"].mean("layer").values
+        np.testing.assert_allclose(values(titled(at, "test_norms")["data"][0]["y"]), want, rtol=1e-12)
+    finally:
+        unregister("test_norms")
