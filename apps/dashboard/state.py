@@ -120,6 +120,18 @@ def pick(key: str, value) -> None:
         st.session_state[f"_{key}_picked"] = st.session_state[key] = value
 
 
+def page_of(title: str, name: str) -> tuple[Selection, "xr.Dataset"]:
+    """A page about the results of `name`: its title, the selection and the results, or, when the run has none,
+    the command that computes them (and the page stops there)."""
+    sel = selection()
+    st.title(title)
+    ds = results(sel.run, name)
+    if ds is None:
+        missing(sel.run, name)
+        st.stop()
+    return sel, ds
+
+
 def missing(run: "Run", name: str) -> None:
     """Say plainly that `name` is not stored and which command computes it."""
     st.info(f"No `{name}` results in {run.location} yet. Compute them with `wb analyze {run.location} --only {name}`.")

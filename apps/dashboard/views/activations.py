@@ -5,12 +5,7 @@ import streamlit as st
 import workbench.figures as wf
 from apps.dashboard import state
 
-sel = state.selection()
-st.title("Activations")
-ds = state.results(sel.run, "activations")
-if ds is None:
-    state.missing(sel.run, "activations")
-    st.stop()
+sel, ds = state.page_of("Activations", "activations")
 st.subheader("Residual stream and MLP units")
 columns = st.columns(2)
 for i, var in enumerate(("resid_norm", "resid_kurtosis", "massive_ratio", "fire_rate", "dead_units", "rare_units")):

@@ -5,12 +5,7 @@ import streamlit as st
 import workbench.figures as wf
 from apps.dashboard import state
 
-sel = state.selection()
-st.title("Logit lens")
-ds = state.results(sel.run, "lens")
-if ds is None:
-    state.missing(sel.run, "lens")
-    st.stop()
+sel, ds = state.page_of("Logit lens", "lens")
 left, right = st.columns(2)
 left.plotly_chart(wf.layer_step_map(ds, "kl"), key="kl")
 right.plotly_chart(wf.layer_step_map(ds, "top1_agreement"), key="top1")

@@ -6,12 +6,7 @@ import streamlit as st
 import workbench.figures as wf
 from apps.dashboard import state
 
-sel = state.selection()
-st.title("Memorisation")
-ds = state.results(sel.run, "memorization")
-if ds is None:
-    state.missing(sel.run, "memorization")
-    st.stop()
+sel, ds = state.page_of("Memorisation", "memorization")
 kinds = set(ds["kind"].values.tolist())
 left, right = st.columns(2)
 if "canary" in kinds:

@@ -5,12 +5,7 @@ import streamlit as st
 import workbench.figures as wf
 from apps.dashboard import state
 
-sel = state.selection()
-st.title("Similarity")
-ds = state.results(sel.run, "similarity")
-if ds is None:
-    state.missing(sel.run, "similarity")
-    st.stop()
+sel, ds = state.page_of("Similarity", "similarity")
 step = sel.step if sel.step in ds["step"].values else int(ds["step"].values[-1])
 left, right = st.columns(2)
 left.plotly_chart(wf.cka_map(ds, step), key="cka")

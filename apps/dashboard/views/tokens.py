@@ -6,12 +6,7 @@ import workbench.figures as wf
 from apps.dashboard import state
 from workbench.models.views import hf_tokenizer
 
-sel = state.selection()
-st.title("Tokens")
-ds = state.results(sel.run, "loss")
-if ds is None:
-    state.missing(sel.run, "loss")
-    st.stop()
+sel, ds = state.page_of("Tokens", "loss")
 docs = wf.eval_documents(ds, hf_tokenizer(sel.run).eos_token_id)
 left, right = st.columns(2)
 domain = state.choose("domain", sorted(docs["domain"].unique()), "domain", where=left)

@@ -6,12 +6,7 @@ import workbench.figures as wf
 from apps.dashboard import state
 from workbench.analysis.weights import STATISTICS
 
-sel = state.selection()
-st.title("Weights")
-ds = state.results(sel.run, "weights")
-if ds is None:
-    state.missing(sel.run, "weights")
-    st.stop()
+sel, ds = state.page_of("Weights", "weights")
 left, right = st.columns(2)
 statistic = state.choose("statistic", list(STATISTICS), "statistic", where=left)
 kinds = wf.weight_kinds(ds)
