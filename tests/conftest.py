@@ -163,5 +163,6 @@ def analysed_run(_trained, tmp_path_factory) -> Path:
     from workbench.analysis import analyze
 
     path = Path(shutil.copytree(_trained, tmp_path_factory.mktemp("analysed") / "run"))
-    analyze(path, workers=0, progress=False, params={"similarity": {"tokens": 128}, "memorization": {"sample": 12}})
+    analyze(path, workers=0, progress=False, params={"similarity": {"tokens": 128}, "memorization": {"sample": 12},
+                                                     "probes": {"max_tokens": 1500}})
     return path

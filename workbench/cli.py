@@ -220,6 +220,28 @@ def analyze_cmd(
         typer.echo(f"{name}: computed {len(computed)} step(s){what}")
 
 
+@app.command("probe")
+@expected_errors
+def probe_cmd(
+    run: RunArg,
+    tasks: Annotated[Optional[str], typer.Option(help="script, language, fact and .jsonl files, comma-separated (default: every built-in task the run supports)")] = None,
+    steps: Annotated[Optional[str], typer.Option(help="start:stop:stride over step values or a list")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="local worker processes (0: no Dask)")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="address of an existing dask.distributed scheduler")] = None,
+    fit: Annotated[str, typer.Option(help="ridge (streamed, the default) or logistic (the reference fit)")] = "ridge",
+    recompute: Annotated[bool, typer.Option("--recompute", help="replace stored probe results")] = False,
+):
+    """Linear probes of every layer at every checkpoint (results/probes): script, language, facts, your JSONL tasks."""
+    from workbench.analysis import analyze as run_analyses
+
+    params = {"fit": fit, **({"tasks": [t.strip() for t in tasks.split(",") if t.strip()]} if tasks else {})}
+    done = run_analyses(run, ["probes"], steps, workers=workers, scheduler=scheduler, progress=sys.stderr.isatty(),
+                        params={"probes": params}, recompute=recompute)
+    computed = done["probes"]
+    typer.echo(f"probes: computed {len(computed)} step(s)" + (f": {_steps_text(computed)}" if computed else
+                                                               " (all were stored already)"))
+
+
 @app.command("results")
 @expected_errors
 def results_cmd(

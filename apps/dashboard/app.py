@@ -21,6 +21,7 @@ PAGES = [  # (file, title, icon)
     ("lens.py", "Lens", ":material/visibility:"),
     ("similarity.py", "Similarity", ":material/compare_arrows:"),
     ("memorization.py", "Memorisation", ":material/psychology:"),
+    ("probes.py", "Probes", ":material/science:"),
     ("tokens.py", "Tokens", ":material/text_fields:"),
     ("data.py", "Data", ":material/dataset:"),
     ("compare.py", "Compare", ":material/difference:"),

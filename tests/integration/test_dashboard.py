@@ -18,7 +18,8 @@ import workbench
 import workbench.figures as wf
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "dashboard" / "app.py"
-PAGES = ["overview", "weights", "activations", "lens", "similarity", "memorization", "tokens", "data", "compare", "other"]
+PAGES = ["overview", "weights", "activations", "lens", "similarity", "memorization", "probes", "tokens", "data",
+         "compare", "other"]
 
 
 def app(monkeypatch, *runs, view: str | None = None, **params) -> AppTest:
@@ -199,3 +200,15 @@ def test_another_analysis_gets_a_generic_page(analysed_run, tmp_path, monkeypatc
         np.testing.assert_allclose(values(titled(at, "test_norms")["data"][0]["y"]), want, rtol=1e-12)
     finally:
         unregister("test_norms")
+
+
+def test_probes_page_maps_accuracy_and_selectivity_per_task(analysed_run, monkeypatch):
+    ds = workbench.open(analysed_run).results("probes")
+    at = app(monkeypatch, analysed_run, view="probes", task="language")
+    for var in ("accuracy", "selectivity"):
+        np.testing.assert_allclose(values(titled(at, f"language: {var}")["data"][0]["z"]),
+                                   ds[var].sel(task="language").transpose("layer", "step").values, rtol=1e-12)
+    prev, final = wf.direction_cosines(ds, "language")
+    np.testing.assert_allclose(values(titled(at, "with the final step")["data"][0]["z"]), final, rtol=1e-9)
+    assert np.allclose(final[:, -1], 1.0)
+    assert any("→ fact_ja" in t["name"] for t in titled(at, "cross-lingual transfer")["data"])

@@ -150,3 +150,13 @@ def test_shading_grows_with_the_value(vmax):
     assert alphas == [0.0, 0.5, 1.0, 1.0]
     html = tokens_html(["a<b", " c"], colors[:2], ["x", "y"])
     assert "a&lt;b" in html and 'title="y"' in html
+
+
+def test_direction_drift_is_the_cosine_between_steps():
+    # one layer, one task, 2 classes x 2 dims; steps: e1, e1 + e2 (45° away), -e1 (opposite the first)
+    w = np.array([[[1, 0], [0, 0]], [[1, 1], [0, 0]], [[-1, 0], [np.nan, np.nan]]], dtype=np.float16)  # [step, class, dim]
+    ds = xr.Dataset({"direction": (("step", "layer", "task", "class", "dim"), w[:, None, None])},
+                    coords={"step": [0, 10, 20], "layer": [0], "task": ["t"]})
+    to_prev, to_final = wf.direction_cosines(ds, "t")
+    np.testing.assert_allclose(to_prev[0], [np.nan, 2 ** -0.5, -(2 ** -0.5)], atol=1e-3)
+    np.testing.assert_allclose(to_final[0], [-1, -(2 ** -0.5), 1], atol=1e-3)
