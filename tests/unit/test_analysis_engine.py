@@ -167,8 +167,8 @@ def test_all_analyses_skip_the_forward_ones_a_run_cannot_run(run_path, caplog):
     with caplog.at_level("WARNING", logger="workbench.analysis.plan"):
         done = analyze(run_path, steps=[0], workers=0, progress=False)
     assert done == {"test_echo": [0], "weights": [0]}
-    assert ("skipping activations, lens, loss, memorization, similarity, test_tokens: activations, lens, loss, "
-            "memorization, similarity, test_tokens need a forward pass") in caplog.text
+    forward = "activations, lens, loss, memorization, probes, similarity, test_tokens"  # probes: a plugin's
+    assert f"skipping {forward}: {forward} need a forward pass" in caplog.text
 
 
 def test_an_evaluation_set_too_short_to_predict_a_token_is_refused(tmp_path, hf_state_dicts, tiny_config):
