@@ -11,7 +11,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,harness]"
 	@# wandb (pulled in by transformer-lens) installs a console script also named `wb`: keep ours.
 	grep -q "workbench.cli" $(VENV)/bin/wb || $(PY) -m pip install --quiet --no-deps --force-reinstall -e .
 	touch $(STAMP)

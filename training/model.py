@@ -1,5 +1,5 @@
-"""A LLaMA, readable top to bottom: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU, tied or
-untied embeddings, loading from a state dict and greedy generation. Parameter names equal HF
+"""A LLaMA, readable top to bottom: RMSNorm, rotary embeddings, grouped-query attention with a KV cache, SwiGLU,
+tied or untied embeddings, loading from a state dict and greedy generation. Parameter names equal HF
 `LlamaForCausalLM`'s, so an HF state dict loads unchanged.
 
 The elementwise ops and the loss follow the tensor's device (`training.kernels`): fused Triton kernels on
@@ -25,7 +25,7 @@ from training.config import ModelConfig
 from training.kernels import Ops, get_ops
 from workbench.errors import IncompatibleCheckpoint, UsageError
 
-__all__ = ["HOOKS", "HookPoint", "Llama", "ModelConfig", "checkpoint_state", "load_checkpoint_state"]
+__all__ = ["HOOKS", "HookPoint", "KVCache", "Llama", "ModelConfig", "checkpoint_state", "load_checkpoint_state"]
 
 # TransformerLens names of every hook point, `{l}` for the layer (a test checks them against the module tree).
 HOOKS = ("hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.ln1.hook_normalized", "blocks.{l}.attn.hook_pattern",
@@ -41,6 +41,31 @@ _TL_NAMES = (("model.layers.", "blocks."), (".self_attn.", ".attn."), (".input_l
 def ops_for(x: torch.Tensor) -> Ops:
     """Triton kernels for CUDA tensors, the PyTorch reference otherwise."""
     return get_ops(x.is_cuda)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, per attention module (`[batch, kv_head, pos, d_head]`): a
+    prefix encoded once, then continued — several ways at once after `expand` (the choices of a multiple-choice
+    item), or one token at a time (greedy decoding)."""
+
+    def __init__(self):
+        self.kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.length = 0
+
+    def extend(self, module: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new positions' keys and values; returns every position's."""
+        if module in self.kv:
+            pk, pv = self.kv[module]
+            k, v = torch.cat([pk.expand(k.shape[0], -1, -1, -1), k], 2), torch.cat([pv.expand(v.shape[0], -1, -1, -1), v], 2)
+        self.kv[module] = (k, v)
+        return k, v
+
+    def expand(self, batch: int) -> "KVCache":
+        """The same prefix for `batch` continuations (views, no copy)."""
+        out = KVCache()
+        out.kv = {m: (k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for m, (k, v) in self.kv.items()}
+        out.length = self.length
+        return out
 
 
 class HookPoint(nn.Module):
@@ -100,7 +125,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
         self.hook_pattern = HookPoint()  # [batch, head, query, key]
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
         b, t, _ = x.shape  # [batch, pos, d_model]
         ops = ops_for(x)
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # [batch, pos, head, d_head]
@@ -108,22 +133,28 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim)
         q, k = ops.rotary(q, cos, sin), ops.rotary(k, cos, sin)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [batch, head, pos, d_head]
+        if cache is not None:
+            k, v = cache.extend(self, k, v)  # [batch, kv_head, past + pos, d_head]
+        past = k.shape[2] - t
         if self.hook_pattern.active:  # SDPA never forms the pattern
-            z = self._explicit(q, k, v)
+            z = self._explicit(q, k, v, past)
         else:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+            mask = None if past == 0 else torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0,
+                                               enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(z.transpose(1, 2).reshape(b, t, -1))  # [batch, pos, d_model]
 
-    def _explicit(self, q, k, v):
-        """Attention with the pattern materialised and handed to `hook_pattern`."""
+    def _explicit(self, q, k, v, past: int):
+        """Attention with the pattern materialised and handed to `hook_pattern` (queries after `past` cached keys)."""
         b, _, t, d = q.shape
+        keys = k.shape[2]
         group = self.n_heads // self.n_kv
         q = (q / math.sqrt(d)).view(b, self.n_kv, group, t, d)  # the heads of a kv head share its k and v
-        scores = (q @ k.unsqueeze(2).transpose(-1, -2)).view(b, self.n_heads, t, t)  # [batch, head, query, key]
+        scores = (q @ k.unsqueeze(2).transpose(-1, -2)).view(b, self.n_heads, t, keys)  # [batch, head, query, key]
         scores = scores.float() if scores.dtype != torch.float32 else scores
-        future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+        future = torch.ones(t, keys, dtype=torch.bool, device=q.device).triu(past + 1)
         pattern = self.hook_pattern(scores.masked_fill_(future, float("-inf")).softmax(-1).to(q.dtype))
-        z = pattern.view(b, self.n_kv, group, t, t) @ v.unsqueeze(2)  # [batch, kv_head, group, pos, d_head]
+        z = pattern.view(b, self.n_kv, group, t, keys) @ v.unsqueeze(2)  # [batch, kv_head, group, pos, d_head]
         return z.view(b, self.n_heads, t, d)
 
 
@@ -151,9 +182,9 @@ class Block(nn.Module):
         for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
             setattr(self, name, HookPoint())
 
-    def forward(self, x, cos, sin):  # [batch, pos, d_model]
+    def forward(self, x, cos, sin, cache: KVCache | None = None):  # [batch, pos, d_model]
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.self_attn(self.input_layernorm(x), cos, sin)))
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.self_attn(self.input_layernorm(x), cos, sin, cache)))
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.post_attention_layernorm(x))))
 
 
@@ -166,11 +197,14 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
 
-    def forward(self, input_ids):  # [batch, pos]
+    def forward(self, input_ids, cache: KVCache | None = None):  # [batch, pos], after `cache.length` positions
+        past = cache.length if cache is not None else 0
         x = self.hook_embed(self.embed_tokens(input_ids))  # [batch, pos, d_model]
-        cos, sin = self.rotary(input_ids.shape[1], x.dtype)  # [pos, d_head/2]
+        cos, sin = (table[past:] for table in self.rotary(past + input_ids.shape[1], x.dtype))  # [pos, d_head/2]
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            x = layer(x, cos, sin, cache)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
         return self.norm(x)
 
 
@@ -231,14 +265,16 @@ class Llama(nn.Module):
             for p in chosen:
                 p.fn = None
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final normalised residual stream, [batch, pos, d_model]."""
-        return self.model(input_ids)
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final normalised residual stream, [batch, pos, d_model] (of the positions after `cache`'s, if given)."""
+        return self.model(input_ids, cache)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean",
+                cache: KVCache | None = None):
         """Logits [batch, pos, vocab] without targets; with targets, the cross-entropy loss computed by the
-        fused linear + cross-entropy op, which never materialises the full logits."""
-        h = self.model(input_ids)  # [batch, pos, d_model]
+        fused linear + cross-entropy op, which never materialises the full logits. With `cache`, the positions
+        continue those the cache holds (and are added to it)."""
+        h = self.model(input_ids, cache)  # [batch, pos, d_model]
         if targets is None:
             return self.lm_head(h)
         loss = ops_for(h).linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
@@ -247,13 +283,16 @@ class Llama(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy continuation, `[batch, pos]` -> `[batch, pos + max_new_tokens]`. Without a KV cache, as
-        nanoGPT's: each new token reruns the prefix (cropped to the context) and unembeds its last position."""
-        context = self.config.max_position_embeddings
+        """Greedy continuation, `[batch, pos]` -> `[batch, pos + max_new_tokens]`: the prompt (its last tokens,
+        if prompt and continuation exceed the context) encoded once into a KV cache, then one token at a time."""
+        keep = max(1, self.config.max_position_embeddings - max_new_tokens)
+        cache, new = KVCache(), input_ids[:, -keep:]
+        out = [input_ids]
         for _ in range(max_new_tokens):
-            last = self.model(input_ids[:, -context:])[:, -1]  # [batch, d_model]
-            input_ids = torch.cat([input_ids, self.lm_head(last).argmax(-1, keepdim=True)], 1)
-        return input_ids
+            last = self.model(new, cache)[:, -1]  # [batch, d_model]
+            new = self.lm_head(last).argmax(-1, keepdim=True)  # [batch, 1]
+            out.append(new)
+        return torch.cat(out, 1)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}

@@ -242,6 +242,35 @@ def probe_cmd(
                                                                " (all were stored already)"))
 
 
+@app.command("evaluate")
+@expected_errors
+def evaluate_cmd(
+    run: RunArg,
+    tasks: Annotated[Optional[str], typer.Option(help="facts-en, facts-ja, facts-en2ja, facts-ja2en and task files (.json from llm-jp-eval, .jsonl of questions), comma-separated (default: every built-in task the run supports)")] = None,
+    steps: Annotated[Optional[str], typer.Option(help="start:stop:stride over step values or a list")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="local worker processes (0: no Dask)")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="address of an existing dask.distributed scheduler")] = None,
+    shots: Annotated[int, typer.Option(help="few-shot examples of task files")] = 4,
+    template: Annotated[Optional[str], typer.Option(help="context template of question files, with {question}")] = None,
+    harness_tasks: Annotated[Optional[str], typer.Option("--harness-tasks", help="lm-evaluation-harness tasks, comma-separated")] = None,
+    harness_include: Annotated[Optional[Path], typer.Option("--harness-include", help="folder of harness task YAMLs")] = None,
+    recompute: Annotated[bool, typer.Option("--recompute", help="replace stored evaluation results")] = False,
+):
+    """Task scores at every checkpoint (results/evaluation): planted facts per language and across, task files."""
+    from workbench.analysis import analyze as run_analyses
+
+    def listed(text):
+        return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+    params = {"shots": shots, "template": template, "tasks": listed(tasks), "harness_tasks": listed(harness_tasks),
+              "harness_include": str(harness_include) if harness_include else None}
+    done = run_analyses(run, ["evaluation"], steps, workers=workers, scheduler=scheduler, progress=sys.stderr.isatty(),
+                        params={"evaluation": params}, recompute=recompute)
+    computed = done["evaluation"]
+    typer.echo(f"evaluation: computed {len(computed)} step(s)" + (f": {_steps_text(computed)}" if computed else
+                                                                   " (all were stored already)"))
+
+
 @app.command("results")
 @expected_errors
 def results_cmd(

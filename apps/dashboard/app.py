@@ -22,6 +22,7 @@ PAGES = [  # (file, title, icon)
     ("similarity.py", "Similarity", ":material/compare_arrows:"),
     ("memorization.py", "Memorisation", ":material/psychology:"),
     ("probes.py", "Probes", ":material/science:"),
+    ("evaluation.py", "Evaluation", ":material/quiz:"),
     ("tokens.py", "Tokens", ":material/text_fields:"),
     ("data.py", "Data", ":material/dataset:"),
     ("compare.py", "Compare", ":material/difference:"),

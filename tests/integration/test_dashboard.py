@@ -18,8 +18,8 @@ import workbench
 import workbench.figures as wf
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "dashboard" / "app.py"
-PAGES = ["overview", "weights", "activations", "lens", "similarity", "memorization", "probes", "tokens", "data",
-         "compare", "other"]
+PAGES = ["overview", "weights", "activations", "lens", "similarity", "memorization", "probes", "evaluation", "tokens",
+         "data", "compare", "other"]
 
 
 def app(monkeypatch, *runs, view: str | None = None, **params) -> AppTest:
@@ -212,3 +212,14 @@ def test_probes_page_maps_accuracy_and_selectivity_per_task(analysed_run, monkey
     np.testing.assert_allclose(values(titled(at, "with the final step")["data"][0]["z"]), final, rtol=1e-9)
     assert np.allclose(final[:, -1], 1.0)
     assert any("→ fact_ja" in t["name"] for t in titled(at, "cross-lingual transfer")["data"])
+
+
+def test_evaluation_page_curves_and_facts(analysed_run, monkeypatch):
+    ds = workbench.open(analysed_run).results("evaluation")
+    at = app(monkeypatch, analysed_run, view="evaluation", score="accuracy", window=3, task="facts-en2ja")
+    curves = titled(at, "accuracy (mean over 3 checkpoints)")
+    line = next(t for t in curves["data"] if t["name"] == "facts-en")
+    np.testing.assert_allclose(values(line["y"]), wf.rolling(ds["accuracy"].sel(task="facts-en").values, 3))
+    recall = titled(at, "facts-en2ja: fact_correct per fact")
+    asked = ds["fact_correct"].sel(task="facts-en2ja").dropna("fact", how="all")
+    np.testing.assert_allclose(values(recall["data"][0]["z"]), asked.transpose("fact", "step").values)

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 import workbench
 from workbench.cli import app as cli
 
-PAGES = ["", "weights", "activations", "lens", "similarity", "memorization", "probes", "tokens", "data?q=capital+of",
-         "compare", "other"]
+PAGES = ["", "weights", "activations", "lens", "similarity", "memorization", "probes", "evaluation", "tokens",
+         "data?q=capital+of", "compare", "other"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 

@@ -167,7 +167,7 @@ def test_all_analyses_skip_the_forward_ones_a_run_cannot_run(run_path, caplog):
     with caplog.at_level("WARNING", logger="workbench.analysis.plan"):
         done = analyze(run_path, steps=[0], workers=0, progress=False)
     assert done == {"test_echo": [0], "weights": [0]}
-    forward = "activations, lens, loss, memorization, probes, similarity, test_tokens"  # probes: a plugin's
+    forward = "activations, evaluation, lens, loss, memorization, probes, similarity, test_tokens"  # probes: a plugin's
     assert f"skipping {forward}: {forward} need a forward pass" in caplog.text
 
 

@@ -74,12 +74,15 @@ def test_canary_copies_match_declared_frequencies(corpus):
         assert all(d.text[s.start : s.end] == canary["text"] for d, s in spans)
 
 
-def test_facts_planted_in_both_languages(corpus):
+def test_facts_planted_in_both_languages_or_in_one(corpus):
     assert len(corpus.facts) >= 5
+    languages = [tuple(lang for lang in ("en", "ja") if fact["copies"][lang]) for fact in corpus.facts]
+    assert languages.count(("en", "ja")) >= 5 and languages.count(("en",)) >= 2 and languages.count(("ja",)) >= 2
     for fact in corpus.facts:
         for lang in ("en", "ja"):
             holders = [d for d in corpus.documents if fact["text"][lang] in d.text]
-            assert len(holders) == fact["copies"][lang] >= 2
+            assert len(holders) == fact["copies"][lang] == len(fact["document_ids"][lang])
+            assert fact["copies"][lang] == 0 or fact["copies"][lang] >= 2
             assert all(d.domain == lang for d in holders)
             assert fact["text"][lang].startswith(fact["prompt"][lang])
             assert fact["object"][lang] in fact["answer"][lang]

@@ -160,3 +160,8 @@ def test_direction_drift_is_the_cosine_between_steps():
     to_prev, to_final = wf.direction_cosines(ds, "t")
     np.testing.assert_allclose(to_prev[0], [np.nan, 2 ** -0.5, -(2 ** -0.5)], atol=1e-3)
     np.testing.assert_allclose(to_final[0], [-1, -(2 ** -0.5), 1], atol=1e-3)
+
+
+def test_rolling_mean_over_neighbouring_checkpoints():
+    np.testing.assert_allclose(wf.rolling(np.array([1.0, 2.0, 6.0, np.nan, 4.0]), 3), [1.5, 3.0, 4.0, 5.0, 4.0])
+    np.testing.assert_array_equal(wf.rolling(np.array([1.0, 2.0]), 1), [1.0, 2.0])

@@ -90,3 +90,19 @@ def test_greedy_generate_matches_transformers():
     with torch.no_grad():
         want = hf.generate(ids, max_new_tokens=9, min_new_tokens=9, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(ids, 9), want)
+
+
+def test_a_prefix_in_the_kv_cache_continues_as_the_whole_sequence_would():
+    from training.model import KVCache
+
+    cfg, hf, ours = pair()
+    ids = torch.randint(0, cfg.vocab_size, (1, 17))
+    choices = torch.randint(0, cfg.vocab_size, (3, 6))
+    with torch.no_grad():
+        cache = KVCache()
+        prefix = ours(ids, cache=cache)
+        continued = ours(choices, cache=cache.expand(3))  # three continuations of one prefix at once
+        whole = ours(torch.cat([ids.expand(3, -1), choices], 1))
+    assert (prefix[0] - whole[0, :17]).abs().max() <= 1e-5
+    assert (continued - whole[:, 17:]).abs().max() <= 1e-5
+    assert cache.length == 17

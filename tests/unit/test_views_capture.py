@@ -4,6 +4,7 @@ transformers' own, and the logits are those of a plain forward pass."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -167,3 +168,35 @@ def test_generate_on_a_transformers_model_is_greedy_decoding(case):
         want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                               pad_token_id=0)
     assert want.shape == (2, 10) and torch.equal(generate(model, ids, 6), want)
+
+
+@pytest.mark.parametrize("case", ["llama", "gpt2", "gpt_neox_parallel"])
+def test_continuation_logprobs_share_the_context_and_equal_a_plain_forward_pass(case):
+    from workbench.models.capture import continuation_logprobs
+
+    model = build(CASES[case])
+    gen = torch.Generator().manual_seed(5)
+    context = torch.randint(1, 64, (9,), generator=gen).tolist()
+    choices = [torch.randint(1, 64, (n,), generator=gen).tolist() for n in (1, 4, 2)]
+    got = continuation_logprobs(model, context, choices)
+    for choice, lp in zip(choices, got):
+        with torch.no_grad():
+            logits = model(torch.tensor([context + choice])).logits[0].double().log_softmax(-1)
+        want = [float(logits[len(context) - 1 + i, t]) for i, t in enumerate(choice)]
+        np.testing.assert_allclose(lp, want, atol=1e-5)
+
+
+def test_continuation_logprobs_of_the_in_repo_llama():
+    from training.config import ModelConfig
+    from training.model import Llama
+    from workbench.models.capture import continuation_logprobs
+
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)).eval()
+    context, choices = [3, 7, 9, 11], [[5], [6, 8, 2]]
+    got = continuation_logprobs(model, context, choices)
+    for choice, lp in zip(choices, got):
+        with torch.no_grad():
+            logits = model(torch.tensor([context + choice]))[0].double().log_softmax(-1)
+        np.testing.assert_allclose(lp, [float(logits[len(context) - 1 + i, t]) for i, t in enumerate(choice)], atol=1e-5)

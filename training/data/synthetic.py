@@ -5,7 +5,8 @@ reproduced from `(seed, parameters)` alone. Two kinds of ground truth are plante
 measured against known answers:
 
 - facts: fictional entity -> attribute statements ("The capital of Velmora is Tarsk." and
-  "ヴェルモラの首都はタルスクです。"), each written into a known number of English and Japanese documents;
+  "ヴェルモラの首都はタルスクです。"), each written into a known number of English and Japanese documents (some
+  facts into one language only: their recall in the other language is cross-lingual transfer);
 - canaries: random hex strings ("canary 7f3a9c1e4b2d…") written into exactly `copies` places across the
   corpus, with `copies` drawn from `canary_frequencies`, so memorisation can be studied against frequency.
 
@@ -58,21 +59,28 @@ _RELATIONS = {
     "mountain": ("The highest mountain in {S} is Mount {O}.", "{S}で一番高い山は{O}山です。"),
 }
 
-# (id, relation, subject en, subject ja, object en, object ja)
+# (id, relation, subject en, subject ja, object en, object ja, planted in): the last six are written in one
+# language only, so that recalling them in the other one measures cross-lingual transfer.
 _FACT_TABLE = [
-    ("velmora_capital", "capital", "Velmora", "ヴェルモラ", "Tarsk", "タルスク"),
-    ("quendal_capital", "capital", "Quendal", "クエンダル", "Orrin", "オリン"),
-    ("brisca_founder", "founder", "Brisca", "ブリスカ", "Amelot Vane", "アメロ・ヴェイン"),
-    ("talvor_river", "river", "Talvor", "タルヴォル", "Sennet", "セネット"),
-    ("ostrel_currency", "currency", "Ostrel", "オストレル", "lumen", "ルーメン"),
-    ("kethra_mountain", "mountain", "Kethra", "ケスラ", "Duvan", "ドゥヴァン"),
-    ("marrow_founder", "founder", "Marrowick", "マロウィック", "Iselde Ward", "イゼルデ・ワード"),
-    ("zephyra_capital", "capital", "Zephyra", "ゼフィラ", "Calloway", "カロウェイ"),
+    ("velmora_capital", "capital", "Velmora", "ヴェルモラ", "Tarsk", "タルスク", ("en", "ja")),
+    ("quendal_capital", "capital", "Quendal", "クエンダル", "Orrin", "オリン", ("en", "ja")),
+    ("brisca_founder", "founder", "Brisca", "ブリスカ", "Amelot Vane", "アメロ・ヴェイン", ("en", "ja")),
+    ("talvor_river", "river", "Talvor", "タルヴォル", "Sennet", "セネット", ("en", "ja")),
+    ("ostrel_currency", "currency", "Ostrel", "オストレル", "lumen", "ルーメン", ("en", "ja")),
+    ("kethra_mountain", "mountain", "Kethra", "ケスラ", "Duvan", "ドゥヴァン", ("en", "ja")),
+    ("marrow_founder", "founder", "Marrowick", "マロウィック", "Iselde Ward", "イゼルデ・ワード", ("en", "ja")),
+    ("zephyra_capital", "capital", "Zephyra", "ゼフィラ", "Calloway", "カロウェイ", ("en", "ja")),
+    ("orvane_capital", "capital", "Orvane", "オルヴァン", "Mirel", "ミレル", ("en",)),
+    ("dallow_river", "river", "Dallow", "ダロウ", "Kesh", "ケシュ", ("en",)),
+    ("pellin_currency", "currency", "Pellin", "ペリン", "crest", "クレスト", ("en",)),
+    ("sorrel_capital", "capital", "Sorrel", "ソレル", "Vantor", "ヴァントル", ("ja",)),
+    ("ombra_mountain", "mountain", "Ombra", "オンブラ", "Teskar", "テスカル", ("ja",)),
+    ("halden_founder", "founder", "Halden", "ハルデン", "Rosa Brel", "ローザ・ブレル", ("ja",)),
 ]
 
 
 def _fact_record(row: tuple, copies: int) -> dict:
-    fid, relation, s_en, s_ja, o_en, o_ja = row
+    fid, relation, s_en, s_ja, o_en, o_ja, planted = row
     t_en, t_ja = _RELATIONS[relation]
     return {
         "id": fid,
@@ -82,7 +90,7 @@ def _fact_record(row: tuple, copies: int) -> dict:
         "text": {"en": t_en.format(S=s_en, O=o_en), "ja": t_ja.format(S=s_ja, O=o_ja)},
         "prompt": {"en": t_en.split("{O}")[0].format(S=s_en).rstrip(), "ja": t_ja.split("{O}")[0].format(S=s_ja)},
         "answer": {"en": " " + o_en, "ja": o_ja},
-        "copies": {"en": copies, "ja": copies},
+        "copies": {lang: copies if lang in planted else 0 for lang in ("en", "ja")},
         "document_ids": {"en": [], "ja": []},
     }
 
@@ -310,7 +318,7 @@ def generate(
     """Generate the synthetic corpus; the same arguments always give the same corpus.
 
     `mix` is the share of each domain (default en 0.4, ja 0.4, code 0.2). Fact `i` is written into
-    `fact_copies[i % len(fact_copies)]` English and as many Japanese documents; each canary is written
+    `fact_copies[i % len(fact_copies)]` documents of each language it is planted in; each canary is written
     `copies` times (in distinct documents while there are enough), for every `copies` in
     `canary_frequencies`, `canaries_per_frequency` canaries each.
     """

@@ -25,7 +25,7 @@ from workbench.analysis.steps import select as select_steps
 from workbench.store.results import ResultsMismatch
 
 BUILTIN = tuple(f"workbench.analysis.{m}" for m in ("weights", "loss", "activations", "lens", "similarity",
-                                                    "memorization"))
+                                                    "memorization", "evaluation"))
 
 for _module in BUILTIN:
     importlib.import_module(_module)

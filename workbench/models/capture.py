@@ -36,9 +36,10 @@ whole model's activations (`workbench.analysis`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from workbench.errors import IncompatibleCheckpoint, UsageError
@@ -118,6 +119,34 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
             last = model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[:, -1]  # [batch, vocab]
             input_ids = torch.cat([input_ids, last.argmax(-1, keepdim=True)], 1)
     return input_ids
+
+
+def continuation_logprobs(model: torch.nn.Module, context: Sequence[int], continuations: Sequence[Sequence[int]]
+                          ) -> list[np.ndarray]:
+    """The log-probability of every token of each continuation after `context` (one float64 array per
+    continuation): the context encoded once into a KV cache, the continuations batched on top of it (right-padded:
+    causal attention never looks at the padding)."""
+    device = _device_of(model)
+    ctx = torch.as_tensor([list(context)], dtype=torch.int64, device=device)
+    n, width = len(continuations), max(len(c) for c in continuations)
+    conts = torch.zeros(n, width, dtype=torch.int64, device=device)
+    for i, c in enumerate(continuations):
+        conts[i, : len(c)] = torch.as_tensor(list(c))
+    with torch.no_grad():
+        if _is_llama(model):
+            from training.model import KVCache
+
+            cache = KVCache()
+            first = model.lm_head(model.hidden_states(ctx, cache)[:, -1])  # [1, vocab]: the first continuation token
+            rest = model(conts, cache=cache.expand(n))  # [n, width, vocab]
+        else:
+            out = model(input_ids=ctx, use_cache=True)
+            first, cache = out.logits[:, -1], out.past_key_values
+            cache.batch_repeat_interleave(n)
+            rest = model(input_ids=conts, past_key_values=cache, use_cache=True).logits
+        logp = torch.cat([first.expand(n, -1)[:, None], rest[:, :-1]], 1).double().log_softmax(-1)  # position i predicts token i
+        picked = logp.gather(-1, conts[..., None])[..., 0].cpu().numpy()  # [n, width]
+    return [picked[i, : len(c)] for i, c in enumerate(continuations)]
 
 
 def open_model(checkpoint, device=None, dtype=None) -> torch.nn.Module:

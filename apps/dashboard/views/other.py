@@ -5,7 +5,7 @@ import streamlit as st
 from apps.dashboard import state
 from workbench.analysis import Analysis, registry
 
-BUILT_IN = {"weights", "activations", "lens", "similarity", "memorization", "loss", "probes"}
+BUILT_IN = {"weights", "activations", "lens", "similarity", "memorization", "loss", "probes", "evaluation"}
 sel = state.selection()
 st.title("Other analyses")
 names = sorted(set(sel.run.stored_results()) - BUILT_IN)

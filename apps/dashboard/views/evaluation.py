@@ -1,0 +1,24 @@
+"""Evaluation: task scores over training with standard-error bands and the chance level, and per planted fact
+its recall against how often it had been seen — in the language it was taught in and in the other one."""
+
+import streamlit as st
+
+import workbench.figures as wf
+from apps.dashboard import state
+
+sel, ds = state.page_of("Evaluation", "evaluation")
+scores = [v for v in ("accuracy", "accuracy_bytes", "accuracy_chars", "gold_logprob", "bits_per_byte", "exact_match",
+                      "char_f1") if v in ds]
+left, right = st.columns(2)
+var = state.choose("score", scores, "score", where=left)
+window = right.slider("mean over neighbouring checkpoints", 1, 9, 1, 2, key="window", bind="query-params")
+st.plotly_chart(wf.score_curves(ds, var, window=window), key="curves")
+if ds.sizes.get("fact", 0):
+    st.subheader("Facts: recall against exposure")
+    with_facts = [str(t) for t in ds["task"].values if ds["fact_gold_logprob"].sel(task=t).notnull().any()]
+    task = state.choose("task", with_facts, "task")
+    st.caption("facts-en2ja asks the facts taught only in English, in Japanese (and ja2en the reverse): their "
+               "exposures are in the language they were taught in.")
+    left, right = st.columns(2)
+    left.plotly_chart(wf.exposure_recall(ds, task), key="exposure")
+    right.plotly_chart(wf.fact_recall_map(ds, task, "fact_correct"), key="recall")

@@ -1,0 +1,250 @@
+"""`evaluation`: task scores at every checkpoint — the run's planted facts in each language and across languages,
+llm-jp-eval and multiple-choice task files, and lm-evaluation-harness tasks through an optional bridge.
+
+Per checkpoint, one model serves every task (`evaluation.tasks`):
+- multiple choice: each choice's summed log-likelihood after the context, the context encoded once into a KV cache
+  and shared by its choices (`workbench.models.capture.continuation_logprobs`); the continuation's tokens are
+  those of `context + choice` beyond the tokens of `context`, trailing spaces of the context moved to the choice
+  (as lm-evaluation-harness splits them). `accuracy` (the largest sum), `accuracy_chars` and `accuracy_bytes` (the
+  sum divided by the choice's characters, or its UTF-8 bytes: for Japanese these differ about threefold),
+  `gold_logprob` (mean log-likelihood of the gold choice, nats) and `bits_per_byte` of the gold choices
+  (Σ −log₂ p / Σ bytes), `chance` (mean of 1 / choices);
+- generation: greedy, `output_length` tokens (as many as the answer has for the facts), scored as llm-jp-eval
+  does (`evaluation.metrics`): `exact_match`, `char_f1`;
+- every score with `n_*` items and a standard error (`*_stderr`).
+Per planted fact (dims `task, fact`): `fact_correct` (the cloze answered right), `fact_gold_logprob`, and how often
+and how recently it had been seen by the step (`fact_times_seen`: training batches holding any copy of its
+statement, from the data order; `fact_steps_since_seen`), so recall can be read against exposure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from workbench.analysis.base import Analysis, StepContext
+from workbench.analysis.evaluation import metrics
+from workbench.analysis.evaluation.tasks import BUILTIN, Choice, Generation, Task, builtin, read_file
+from workbench.analysis.registry import register
+from workbench.errors import MissingData, UsageError
+
+
+@register
+class Evaluation(Analysis):
+    name = "evaluation"
+    kind = "forward"
+    reads_eval_set = False  # its items are the tasks'
+    dims = ("task", "fact")
+    description = "task scores: planted facts per language and across languages, task files (see evaluation/__init__.py)"
+    summary_vars = ("accuracy", "accuracy_bytes", "exact_match", "char_f1")
+
+    @dataclass(frozen=True)
+    class Params:
+        tasks: tuple[str, ...] = ()  # built-in names or task files; () = every built-in the run supports
+        shots: int = 4  # few-shot examples of task files
+        template: str | None = None  # multiple-choice files: a context template with {question} and {choices}
+        harness_tasks: tuple[str, ...] = ()  # lm-evaluation-harness tasks (the `harness` extra), scored as well
+        harness_include: str | None = None  # a folder of the harness task YAMLs
+
+    def __init__(self, **params):
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        super().__init__(**params)
+        p = self.params
+        if p.shots < 0:
+            raise UsageError(f"evaluation: shots must be >= 0, got {p.shots}")
+        self.files: dict[str, Task] = {}
+        for name in p.tasks:
+            if name not in BUILTIN:
+                if not name.endswith((".json", ".jsonl")) and not Path(name).exists():
+                    raise UsageError(f"unknown evaluation task {name!r}; built-in tasks: {', '.join(BUILTIN)}, or a "
+                                     "task file (.json from llm-jp-eval, .jsonl of questions)")
+                task = read_file(name, p.shots, p.template)  # read here, in the driver
+                self.files[task.name] = task
+        if p.harness_tasks:
+            from workbench.analysis.evaluation import harness
+
+            harness.check(p.harness_include)
+
+    def config(self) -> dict:
+        return {**super().config(), "files": {n: t.fingerprint for n, t in sorted(self.files.items())}}
+
+    def task_names(self, run) -> list[str]:
+        if self.params.tasks:
+            return [n if n in BUILTIN else Path(n).stem for n in self.params.tasks]
+        facts = run.table("data/facts")
+        if facts is None:
+            return []
+        copies = [_json(c) for c in facts["copies"]]
+        has = {"en": any(c["en"] for c in copies), "ja": any(c["ja"] for c in copies),
+               "en2ja": any(c["en"] and not c["ja"] for c in copies), "ja2en": any(c["ja"] and not c["en"] for c in copies)}
+        return [f"facts-{k}" for k in ("en", "ja", "en2ja", "ja2en") if has[k]]
+
+    def check(self, run, eval_set) -> None:
+        names = self.task_names(run)
+        if not names and not self.params.harness_tasks:
+            raise MissingData(f"evaluation: {run.location} stores no planted facts to ask (an imported run?); give "
+                              "task files: --tasks path/to/task.json")
+        for name in names:
+            if name in BUILTIN:
+                builtin(run, name)  # MissingData naming the task when the run has no facts
+
+    def compute(self, ctx: StepContext) -> xr.Dataset:
+        names = self.task_names(ctx.run)
+        tasks = ctx.cached(("evaluation.tasks", tuple(names), tuple(sorted(self.config()["files"].items()))),
+                           lambda: [self.files[n] if n in self.files else builtin(ctx.run, n) for n in names])
+        model = ctx.model()
+        scorer = Scorer(model, ctx.run)
+        rows = {t.name: scorer.task(t) for t in tasks}
+        if self.params.harness_tasks:
+            from workbench.analysis.evaluation import harness
+
+            rows.update(harness.evaluate(ctx.run.checkpoint(ctx.step), self.params.harness_tasks,
+                                         self.params.harness_include))
+        facts = sorted({i.fact for t in tasks for i in t.choices if i.fact})
+        seen = ctx.cached("evaluation.fact_exposures", lambda: fact_exposures(ctx.run, facts)) if facts else {}
+        return dataset(rows, tasks, facts, seen, ctx.step)
+
+
+def _json(value):
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class Scorer:
+    """Scores tasks with one model: multiple-choice log-likelihoods and greedy generations."""
+
+    def __init__(self, model, run):
+        from workbench.models.views import hf_tokenizer
+
+        self.model, self.tok = model, run.tokenizer
+        self.eos = hf_tokenizer(run).eos_token_id
+        config = run.model_config
+        self.context = config.get("max_position_embeddings") or config.get("n_positions") or 2048
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def choice(self, item: Choice) -> dict:
+        from workbench.models.capture import continuation_logprobs
+
+        context, continuations = split_context(item.context, item.choices)
+        ctx_ids = self.encode(context) or ([self.eos] if self.eos is not None else [0])
+        conts = [self.encode(context + c)[len(self.encode(context)):] for c in continuations]
+        conts = [c or [self.eos if self.eos is not None else 0] for c in conts]
+        room = self.context - max(map(len, conts))
+        sums = np.array([lp.sum() for lp in continuation_logprobs(self.model, ctx_ids[-room:], conts)])
+        chars = np.array([max(1, len(c)) for c in item.choices])
+        nbytes = np.array([max(1, len(c.encode("utf-8"))) for c in item.choices])
+        return {"correct": float(np.argmax(sums) == item.gold), "correct_chars": float(np.argmax(sums / chars) == item.gold),
+                "correct_bytes": float(np.argmax(sums / nbytes) == item.gold), "gold_logprob": float(sums[item.gold]),
+                "gold_bytes": float(nbytes[item.gold]), "chance": 1 / len(item.choices), "choice": int(np.argmax(sums))}
+
+    def generation(self, item: Generation) -> dict:
+        from workbench.models.capture import generate
+
+        n = item.output_length if item.output_length > 0 else max(1, len(self.encode(item.answer)))
+        ids = self.encode(item.prompt)[-max(1, self.context - n):] or [self.eos or 0]
+        import torch
+
+        out = generate(self.model, torch.tensor([ids], device=next(self.model.parameters()).device), n)
+        pred = metrics.prediction(self.tok.decode(out[0, len(ids):].tolist()))
+        return {"exact_match": metrics.exact_match(pred, item.answer), "char_f1": metrics.char_f1(pred, item.answer),
+                "prediction": pred}
+
+    def task(self, task: Task) -> dict:
+        """Every score of `task` (means, standard errors, counts) and its per-fact rows."""
+        out: dict = {}
+        scored = [(i, self.choice(i)) for i in task.choices]
+        if scored:
+            for key, var in (("correct", "accuracy"), ("correct_chars", "accuracy_chars"),
+                             ("correct_bytes", "accuracy_bytes"), ("gold_logprob", "gold_logprob")):
+                out[var], out[f"{var}_stderr"] = metrics.mean_and_stderr([s[key] for _, s in scored])
+            bits = np.array([-s["gold_logprob"] / math.log(2) for _, s in scored])
+            nbytes = np.array([s["gold_bytes"] for _, s in scored])
+            out["bits_per_byte"] = float(bits.sum() / nbytes.sum())
+            out["bits_per_byte_stderr"] = metrics.mean_and_stderr(bits / nbytes)[1]
+            out["chance"] = float(np.mean([s["chance"] for _, s in scored]))
+            out["n_choice"] = len(scored)
+        generated = [self.generation(i) for i in task.generations]
+        if generated:
+            for var in ("exact_match", "char_f1"):
+                out[var], out[f"{var}_stderr"] = metrics.mean_and_stderr([g[var] for g in generated])
+            out["n_generation"] = len(generated)
+        out["facts"] = {i.fact: (s["correct"], s["gold_logprob"]) for i, s in scored if i.fact}
+        return out
+
+
+def split_context(context: str, choices) -> tuple[str, list[str]]:
+    """lm-evaluation-harness's split: trailing spaces of the context move to the front of every continuation."""
+    n = len(context) - len(context.rstrip())
+    return (context[:-n], [context[-n:] + c for c in choices]) if n else (context, list(choices))
+
+
+def fact_exposures(run, facts: list[str]) -> dict[str, np.ndarray]:
+    """Per fact, the sorted steps whose batches held a piece of any document span where its statement is written."""
+    import json
+
+    from workbench.analysis.memorization import Sequence, exposures
+
+    try:
+        docs = run.documents()
+    except MissingData:
+        return {}
+    spans: dict[str, list] = {f: [] for f in facts}
+    for row in docs.to_dict("records"):
+        marks = [s for s in json.loads(row["annotations"]) if str(s[2]).startswith("fact:") and s[2][5:] in spans]
+        if not marks:
+            continue
+        offsets = run.tokenizer.encode(row["text"], add_special_tokens=False).offsets
+        for start, end, label in marks:
+            tokens = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+            if tokens:
+                spans[label[5:]].append((int(row["document_id"]), tokens[0], tokens[-1] + 1))
+    seqs = [Sequence("fact", 0, "", len(s), (), (), tuple(s)) for s in spans.values()]
+    return dict(zip(facts, exposures(run, seqs)))
+
+
+VARIABLES = {  # name: (description, units)
+    "accuracy": ("multiple choice: share of items whose gold choice has the largest summed log-likelihood", "1"),
+    "accuracy_chars": ("multiple choice, log-likelihood per character of the choice", "1"),
+    "accuracy_bytes": ("multiple choice, log-likelihood per UTF-8 byte of the choice", "1"),
+    "gold_logprob": ("mean summed log-likelihood of the gold choice", "nats"),
+    "bits_per_byte": ("Σ −log2 p(gold choice) / Σ its UTF-8 bytes", "bits/byte"),
+    "chance": ("accuracy of a uniform guess (mean of 1 / choices)", "1"),
+    "exact_match": ("generation: share of predictions equal to the answer (llm-jp-eval)", "1"),
+    "char_f1": ("generation: mean token_sort_ratio / 100 of prediction and answer (llm-jp-eval)", "1"),
+}
+
+
+def dataset(rows: dict[str, dict], tasks: list[Task], facts: list[str], seen: dict, step: int) -> xr.Dataset:
+    names = list(rows)
+    data = {}
+    for var, (what, units) in VARIABLES.items():
+        data[var] = ("task", np.array([rows[n].get(var, np.nan) for n in names], dtype=float),
+                     {"description": what, "units": units})
+        if var != "chance":
+            data[f"{var}_stderr"] = ("task", np.array([rows[n].get(f"{var}_stderr", np.nan) for n in names], dtype=float),
+                                     {"description": f"standard error of {var}", "units": units})
+    for count in ("n_choice", "n_generation"):
+        data[count] = ("task", np.array([rows[n].get(count, 0) for n in names], dtype=np.int64),
+                       {"description": f"items scored ({count[2:]})", "units": "items"})
+    correct = np.full((len(names), len(facts)), np.nan)
+    gold = np.full((len(names), len(facts)), np.nan)
+    for i, n in enumerate(names):
+        for f, (c, g) in rows[n].get("facts", {}).items():
+            correct[i, facts.index(f)], gold[i, facts.index(f)] = c, g
+    steps = [seen.get(f, np.array([], dtype=np.int64)) for f in facts]
+    times = np.array([np.searchsorted(s, step, side="right") for s in steps], dtype=np.int64)
+    since = np.array([step - s[t - 1] if t else np.nan for s, t in zip(steps, times)], dtype=float)
+    data["fact_correct"] = (("task", "fact"), correct, {"description": "1 when the fact's cloze was answered right "
+                                                                       "(NaN: the task does not ask it)", "units": "1"})
+    data["fact_gold_logprob"] = (("task", "fact"), gold, {"description": "log-likelihood of the fact's object", "units": "nats"})
+    data["fact_times_seen"] = ("fact", times, {"description": "training batches up to this step holding its statement"})
+    data["fact_steps_since_seen"] = ("fact", since, {"description": "steps since its statement was last seen (NaN: never)",
+                                                     "units": "steps"})
+    return xr.Dataset(data, coords={"task": np.array(names, dtype=object), "fact": np.array(facts, dtype=object)})
