@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from test_dashboard_browser import CHROMIUM_ARGS, Dashboard  # noqa: E402 - the tests' server fixture, reused
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.integration.test_dashboard_browser import CHROMIUM_ARGS, Dashboard  # noqa: E402 - the tests' server, reused
 
 STEP_EVERY = 1000
 LLMJP_172B = dict(model_type="llama", vocab_size=99584, hidden_size=12288, intermediate_size=38464,

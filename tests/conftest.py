@@ -7,6 +7,11 @@ No weights are downloaded; every model is built from a config and seeded.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -166,3 +171,49 @@ def analysed_run(_trained, tmp_path_factory) -> Path:
     analyze(path, workers=0, progress=False, params={"similarity": {"tokens": 128}, "memorization": {"sample": 12},
                                                      "probes": {"max_tokens": 1500}})
     return path
+
+
+# ---------------------------------------------------------------------------------------------- servers on loopback
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """`moto_server` on a loopback port; yields the environment that points boto3 and Icechunk at it."""
+    port = free_port()
+    server = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError as e:
+            if getattr(e, "code", None) is not None:  # an HTTP answer: the server is up
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start") from e
+            time.sleep(0.2)
+    yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, request):
+    """A fresh bucket for the test; the AWS environment set in this process (and inherited by its children)."""
+    import boto3
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    bucket = "t-" + request.node.name.lower().replace("_", "-")[:50]
+    boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"

@@ -18,18 +18,13 @@ import pytest
 from typer.testing import CliRunner
 
 import workbench
+from tests.conftest import free_port
 from workbench.cli import app as cli
 
 PAGES = ["", "weights", "activations", "lens", "similarity", "memorization", "probes", "evaluation", "tokens",
          "data?q=capital+of", "compare", "other"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Dashboard:

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import icechunk
 
-from workbench.errors import RunNotFound, UsageError
+from workbench.errors import ReadFailed, RunNotFound, UsageError
 
 # Icechunk warns on every open of a local repository that concurrent commits are unsafe; the run store
 # already allows one committer per run (see ARCHITECTURE.md), so only errors are worth showing.
@@ -53,10 +53,28 @@ def open_repository(location: str | os.PathLike) -> icechunk.Repository:
     path = local_path(location)
     if path is not None and path.exists() and not path.is_dir():
         raise RunNotFound(f"{os.fspath(location)} is a file, not a run; give a run folder or s3://bucket/prefix")
-    if (path is not None and not path.exists()) or not icechunk.Repository.exists(storage):
+    if (path is not None and not path.exists()) or not repository_exists(storage, location):
         raise RunNotFound(f"{os.fspath(location)} is not a run (no Icechunk repository there); "
                           "create one with `wb train` or `wb import hf`")
     return icechunk.Repository.open(storage)
+
+
+def repository_exists(storage: icechunk.Storage, location: str | os.PathLike) -> bool:
+    """Whether `storage` holds a repository; a missing bucket or an unreachable endpoint is a one-line error."""
+    try:
+        return icechunk.Repository.exists(storage)
+    except icechunk.IcechunkError as e:
+        text = os.fspath(location)
+        if "NoSuchBucket" in str(e):
+            raise RunNotFound(f"{text}: bucket {urlparse(text).netloc!r} does not exist at "
+                              f"{os.environ.get('AWS_ENDPOINT_URL') or 'AWS S3'}; create it first") from None
+        raise ReadFailed(text, None, _first_error(e)) from None
+
+
+def _first_error(e: Exception) -> str:
+    """The innermost cause Icechunk reports (its last `->` line), or its first line."""
+    causes = [line.split("->", 1)[1].strip() for line in str(e).splitlines() if "->" in line]
+    return causes[-1] if causes else (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def check_new_location(location: str | os.PathLike) -> None:
@@ -64,7 +82,7 @@ def check_new_location(location: str | os.PathLike) -> None:
     without a run. Creates nothing."""
     path = local_path(location)
     if path is None:
-        if icechunk.Repository.exists(storage_for(location)):
+        if repository_exists(storage_for(location), location):
             raise UsageError(f"{os.fspath(location)} already holds a run; open it with workbench.open() instead")
         return
     if not path.exists():
@@ -72,7 +90,7 @@ def check_new_location(location: str | os.PathLike) -> None:
     if not path.is_dir():
         raise UsageError(f"{os.fspath(location)} is a file; give a new folder (or s3://bucket/prefix) for the run")
     if any(path.iterdir()):
-        if icechunk.Repository.exists(storage_for(location)):
+        if repository_exists(storage_for(location), location):
             raise UsageError(f"{os.fspath(location)} already holds a run; open it with workbench.open() instead")
         raise UsageError(f"{os.fspath(location)} exists and is not empty; give a new folder for the run")
 

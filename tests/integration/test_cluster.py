@@ -1,0 +1,123 @@
+"""Analyses on a real cluster, started the way users start one: `dask scheduler` and two `dask worker` processes
+(Dask's own command line, loopback), over a run on S3 (moto's server). Workers open the run from its URL; a worker
+killed mid-run is replaced and the results equal those computed in one local process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import xarray as xr
+
+import workbench
+from tests.conftest import SMALL_TOML, free_port
+from workbench.analysis import Analysis, analyze, register, unregister
+
+BUILT_IN = ["weights", "loss", "activations", "lens", "similarity", "memorization", "probes", "evaluation"]
+PARAMS = {"similarity": {"tokens": 128}, "memorization": {"sample": 8}, "probes": {"max_tokens": 800}}
+
+
+class Dies(Analysis):
+    """SIGKILLs the worker process running it, on the first attempt at `die_at` (a file in `log_dir` remembers)."""
+
+    name = "test_dies"
+    kind = "weights"
+
+    @dataclass(frozen=True)
+    class Params:
+        log_dir: str = ""
+        die_at: int = -1
+
+    def compute(self, ctx):
+        mark = Path(self.params.log_dir) / f"attempt-{ctx.step}-{os.getpid()}"
+        first = not list(Path(self.params.log_dir).glob(f"attempt-{ctx.step}-*"))
+        mark.touch()
+        if ctx.step == self.params.die_at and first:
+            os.kill(os.getpid(), signal.SIGKILL)
+        w = ctx.matrices("lm_head.weight")
+        return xr.Dataset({"total": ((), float(w.double().sum()), {"description": "Σ lm_head"})})
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server):
+    """`dask scheduler` and two `dask worker` processes on loopback, with the S3 environment; this module on
+    PYTHONPATH (pytest imports it as `test_cluster`), as a user's own analyses must be importable by the workers."""
+    here = Path(__file__).resolve()
+    env = {**os.environ, **s3_server, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(here.parent), str(here.parents[2])])}
+    bin_dir = Path(sys.executable).parent
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    procs += [subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                "--no-dashboard", "--name", f"w{i}"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True) for i in range(2)]
+    from distributed import Client
+
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with Client(address, timeout=5) as client:
+                client.wait_for_workers(2, timeout=60)
+            break
+        except (OSError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    yield address
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def dies():
+    register(Dies)
+    yield
+    unregister(Dies.name)
+
+
+def test_every_analysis_on_an_s3_run_with_a_worker_killed_equals_a_local_run(s3, cluster, _trained, tmp_path):
+    from training.presets import load
+    from training.trainer import Trainer
+
+    (tmp_path / "small.toml").write_text(SMALL_TOML)
+    location = f"{s3}/trained"
+    Trainer(*load(tmp_path / "small.toml"), location, progress=False).train()  # the same run as _trained, on S3
+    log = tmp_path / "log"
+    log.mkdir()
+    params = {**PARAMS, "test_dies": {"log_dir": str(log), "die_at": 15}}
+    done = analyze(location, [*BUILT_IN, "test_dies"], scheduler=cluster, progress=False, params=params)
+    assert all(done[name] == [0, 5, 10, 15, 20, 25, 30] for name in [*BUILT_IN, "test_dies"]), done
+    assert len(list(log.glob("attempt-15-*"))) == 2  # killed once, run again on a live worker
+    local = shutil.copytree(_trained, tmp_path / "local")
+    analyze(local, BUILT_IN, workers=0, progress=False, params=PARAMS)
+    remote, here = workbench.open(location), workbench.open(local)
+    for name in BUILT_IN:
+        xr.testing.assert_allclose(remote.results(name).load(), here.results(name).load(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(remote.results("test_dies")["total"].values,
+                               [float(remote.checkpoint(s).state_dict()["lm_head.weight"].double().sum())
+                                for s in remote.steps], rtol=1e-12)
+
+
+def test_the_task_graph_stays_small(_trained):
+    """What travels to the workers is the analysis, the location, the snapshot id and the step: no weights, no
+    data (the evaluation set, the largest thing, is scattered once)."""
+    from workbench.analysis import make_plan
+    from workbench.analysis.executors import _tasks
+
+    plan = make_plan(workbench.open(_trained), BUILT_IN, params=PARAMS)
+    sizes = [len(cloudpickle.dumps(task)) for task in _tasks(plan, cuda=False)]
+    assert len(sizes) == 8 * 7 and max(sizes) < 4096, max(sizes)
