@@ -2,7 +2,8 @@
 
 A step is forward + backward + gradient clipping + AdamW, from identical initial weights. Both models are
 timed alternately in the same process (A, B, A, B, ...) and the medians compared, so machine noise hits both.
-On CUDA both run under bf16 autocast; ours uses the Triton kernels, and MFU and peak memory are reported.
+On CUDA both run under bf16 autocast; ours uses the Triton kernels, and MFU and peak memory are reported; where
+Liger-Kernel is installed, transformers' model with Liger's fused ops is a third variant.
 
     python benchmarks/train.py                        # CPU: tiny preset and a ~25M config
     python benchmarks/train.py --device cuda --sizes 125m,350m --seq-len 2048
@@ -50,6 +51,21 @@ def make_step(model, hf: bool, device: torch.device):
     return step
 
 
+def liger_model(cfg: ModelConfig, hf, device: torch.device):
+    """transformers' model with Liger-Kernel's fused ops patched into this instance (its RMSNorm, rotary, SwiGLU
+    and fused linear cross-entropy), the same weights; None when Liger-Kernel is not installed or not on CUDA."""
+    if device.type != "cuda":
+        return None
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+    except ImportError:
+        return None
+    model = LlamaForCausalLM(LlamaConfig(**cfg.to_hf(), attn_implementation="sdpa")).to(device)
+    model.load_state_dict(hf.state_dict())
+    apply_liger_kernel_to_llama(model=model)
+    return model
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -65,6 +81,8 @@ def bench(name: str, device: torch.device, repeats: int, warmup: int, seq_len: i
     load_checkpoint_state(ours, hf.state_dict())
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=device)
     steps = {"ours": make_step(ours, False, device), "hf": make_step(hf, True, device)}
+    if liger := liger_model(cfg, hf, device):
+        steps["liger"] = make_step(liger, True, device)
     times = {k: [] for k in steps}
     peak_mem = {}
     for k, step in steps.items():
@@ -84,7 +102,7 @@ def bench(name: str, device: torch.device, repeats: int, warmup: int, seq_len: i
     n_tokens = batch * seq
     tps = {k: n_tokens / statistics.median(v) for k, v in times.items()}
     row = {"size": name, "params": ours.num_parameters(), "batch": batch, "seq": seq,
-           "ours_tok_s": tps["ours"], "hf_tok_s": tps["hf"], "ratio": tps["ours"] / tps["hf"]}
+           **{f"{k}_tok_s": v for k, v in tps.items()}, "ratio": tps["ours"] / tps["hf"]}
     if device.type == "cuda":
         flops = ours.flops_per_token(seq)
         row.update({f"{k}_mfu": tps[k] * flops / (peak_tflops * 1e12) for k in tps})

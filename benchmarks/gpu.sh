@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# All the GPU work (issue 13) in one call of at most 8 minutes, every result under $OUT:
+#   1. tests/gpu: the compiled Triton kernels in float32/bfloat16/float16 against the PyTorch reference (forward and
+#      backward, odd shapes, the chunked cross-entropy), the forward analyses on CUDA against the CPU, a CUDA
+#      training run that checkpoints and resumes and follows the CPU run's loss;
+#   2. benchmarks/train.py at 125m and 350m, sequence 2048, bf16 autocast: tokens/s, MFU and peak memory against
+#      transformers' LlamaForCausalLM (SDPA), and against it with Liger-Kernel's fused ops where that is carried.
+# Before the device call, here: benchmarks/gpu-wheels.sh (the Python 3.12 wheels the GPU image lacks, into .whl/),
+# then the device tool: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540).
+# Without CUDA it stops at once, exit 2.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu-out}"
+PY="${PYTHON:-python3}"
+mkdir -p "$OUT"
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    echo "gpu.sh: no CUDA device here (torch.cuda.is_available() is False): run it on a GPU machine" \
+         "(benchmarks/gpu-wheels.sh here, then the device tool with carry=['.whl'])" >&2
+    exit 2
+fi
+if [ -d .whl ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+"$PY" -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__,
+    "transformers", transformers.__version__, torch.cuda.get_device_name())' | tee "$OUT/versions.txt"
+timeout 200 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" --timeout 180 tests/gpu 2>&1 | tee "$OUT/gpu-tests.txt" || status=1
+timeout 240 "$PY" benchmarks/train.py --device cuda --sizes 125m,350m --seq-len 2048 --repeats 10 2>&1 \
+    | tee "$OUT/train.txt" || status=1
+exit $status
