@@ -27,22 +27,6 @@ from pathlib import Path
 
 import torch
 
-YAML = """task: bench_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: question
-doc_to_choice: choices
-doc_to_target: label
-target_delimiter: ""
-metric_list:
-  - metric: acc
-"""
-
-
 def make_items(run, n: int, seed: int = 0) -> list[dict]:
     docs = run.documents()
     docs = docs[docs["domain"].isin(["en", "ja"])]
@@ -88,7 +72,7 @@ def main() -> None:
         data = tmp / "bench_mc.jsonl"
         data.write_text("\n".join(json.dumps(i, ensure_ascii=False) for i in make_items(run, args.items)) + "\n")
         (tmp / "tasks").mkdir()
-        (tmp / "tasks" / "bench_mc.yaml").write_text(YAML.format(data=data))
+        (tmp / "tasks" / "bench_mc.yaml").write_text(harness.questions_task("bench_mc", data))
         items = read_file(data, 0, None).choices
         scorer = Scorer(checkpoint.model(dtype=torch.float32), run)
         native, theirs = [], []

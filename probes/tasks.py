@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data.documents import script_of
+from workbench.analysis import jsonl
 from workbench.errors import MissingData, UsageError
 
 BUILTIN = ("script", "language", "fact")  # "fact" stands for fact_en and fact_ja
@@ -86,15 +87,8 @@ def read_file(path: str | Path) -> FileTask:
         raise UsageError(f"probe task file {p} not found (give a .jsonl file, or one of {', '.join(BUILTIN)})")
     raw = p.read_bytes()
     records, levels = [], set()
-    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise UsageError(f"{where}: not a JSON object") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+    for where, rec in jsonl.records(p, raw.decode("utf-8", errors="replace")):
+        if not isinstance(rec.get("text"), str):
             raise UsageError(f"{where}: expected a JSON object with a string 'text'")
         if "spans" in rec:
             spans = rec["spans"]

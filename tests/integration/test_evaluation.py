@@ -159,31 +159,13 @@ def test_bad_input_is_named(run_path, tmp_path):
         analyze(imported, ["evaluation"], params={"evaluation": {"tasks": ["facts-en"]}}, workers=0)
 
 
-HARNESS_YAML = """task: wb_questions
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: question
-doc_to_choice: choices
-doc_to_target: label
-target_delimiter: ""
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-  - metric: acc_bytes
-"""
-
-
 def test_the_harness_bridge_agrees_with_the_native_scorer(run_path, questions, tmp_path):
     from workbench.analysis.evaluation import Scorer, harness
     from workbench.analysis.evaluation.tasks import read_file as read
 
     tasks = tmp_path / "yaml"
     tasks.mkdir()
-    (tasks / "wb_questions.yaml").write_text(HARNESS_YAML.format(data=questions))
+    (tasks / "wb_questions.yaml").write_text(harness.questions_task("wb_questions", questions))
     run = workbench.open(run_path)
     results, choices = harness.run(run.checkpoint(30), ["wb_questions"], str(tasks))
     native = Scorer(run.checkpoint(30).model(dtype=torch.float32), run)

@@ -19,9 +19,7 @@ from typer.testing import CliRunner
 
 import workbench
 from training import trainer as trainer_module
-from training.config import ModelConfig
 from training.presets import load
-from training.train_config import TrainConfig
 from training.trainer import Trainer, TrainingDiverged
 from workbench.cli import app
 

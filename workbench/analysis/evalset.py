@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from workbench.analysis import jsonl
 from workbench.errors import MissingData, UsageError
 
 if TYPE_CHECKING:
@@ -72,15 +73,9 @@ def load_file(path: str | os.PathLike) -> EvalSet:
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".json"):
         records = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                raise UsageError(f"{p}:{n}: not a JSON object") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise UsageError(f"{p}:{n}: expected a JSON object with a string 'text'")
+        for where, rec in jsonl.records(p):
+            if not isinstance(rec.get("text"), str):
+                raise UsageError(f"{where}: expected a JSON object with a string 'text'")
             records.append(rec)
     elif suffix == ".txt":
         records = [{"text": line} for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]

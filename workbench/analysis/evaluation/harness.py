@@ -15,7 +15,29 @@ import numpy as np
 
 from workbench.errors import UsageError
 
+QUESTIONS_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: question
+doc_to_choice: choices
+doc_to_target: label
+target_delimiter: ""
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+  - metric: acc_bytes
+"""
 NAMES = {"acc": "accuracy", "acc_norm": "accuracy_chars", "acc_bytes": "accuracy_bytes", "exact_match": "exact_match"}
+
+
+def questions_task(name: str, data: str | Path) -> str:
+    """A harness task YAML over a `.jsonl` of `{question, choices, label}` (JCommonsenseQA's shape), split as the
+    native scorer splits it (no delimiter between question and choice)."""
+    return QUESTIONS_YAML.format(name=name, data=Path(data).absolute())
 
 
 def check(include: str | None) -> None:

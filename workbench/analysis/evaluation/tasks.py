@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.analysis import jsonl
 from workbench.errors import MissingData, UsageError
 
 BUILTIN = ("facts-en", "facts-ja", "facts-en2ja", "facts-ja2en")
@@ -124,16 +125,9 @@ def _llmjp(p: Path, text: str, shots: int) -> tuple[Generation, ...]:
 
 def _questions(p: Path, text: str, shots: int, template: str | None) -> tuple[Choice, ...]:
     items = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise UsageError(f"{where}: not a JSON object") from None
-        choices = rec.get("choices") if isinstance(rec, dict) else None
-        if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(choices, list) \
+    for where, rec in jsonl.records(p, text):
+        choices = rec.get("choices")
+        if not isinstance(rec.get("question"), str) or not isinstance(choices, list) \
                 or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise UsageError(f"{where}: expected 'question' (text), 'choices' (two or more texts) and 'label'")
         label = rec.get("label")
