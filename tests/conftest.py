@@ -132,6 +132,19 @@ early = false
 """
 
 
+def wb(*args) -> tuple[int, str]:
+    """Runs the `wb` command line in this process: (exit code, output). An exception the command line does not
+    turn into its one-line error (a traceback a user would see) is raised here."""
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
 @pytest.fixture
 def small_toml(tmp_path) -> Path:
     """A training preset file of a 2-layer LLaMA on 300 synthetic documents, 30 steps, a checkpoint every 5."""

@@ -499,10 +499,8 @@ def test_two_worker_processes_give_the_in_process_results(run, _trained, tmp_pat
 
 
 def test_wb_results_plots_the_memorisation_heatmap_and_summaries(run, tmp_path):
-    from typer.testing import CliRunner
-
+    from tests.conftest import wb
     from workbench.analysis import get
-    from workbench.cli import app
 
     ds = run.results("memorization").load()
     fig = get("memorization").plot(ds)
@@ -513,6 +511,6 @@ def test_wb_results_plots_the_memorisation_heatmap_and_summaries(run, tmp_path):
     assert list(fig.data[0].y) == [str(c) for c in want.index]
     for name in ("loss", "memorization"):
         out = tmp_path / f"{name}.html"
-        result = CliRunner().invoke(app, ["results", str(run.location), name, "--plot", str(out)])
-        assert result.exit_code == 0, result.output
+        code, output = wb("results", run.location, name, "--plot", out)
+        assert code == 0, output
         assert out.stat().st_size > 1000 and "plotly" in out.read_text()[:100000].lower()

@@ -8,15 +8,9 @@ import shutil
 import numpy as np
 import torch
 import xarray as xr
-from typer.testing import CliRunner
 
 import workbench
-from workbench.cli import app
-
-
-def wb(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
+from tests.conftest import wb
 
 
 def test_weights_results_do_not_depend_on_the_evaluation_set(trained_run):

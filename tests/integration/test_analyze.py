@@ -2,7 +2,7 @@
 `wb analyze` killed with SIGKILL that finishes on re-run without recomputing what it had committed.
 
 One 2-worker LocalCluster is shared by the tests of this module (start-up costs seconds); test analyses
-defined here reach its worker processes pickled by value.
+come from `tests.analyses` or, defined here, reach its worker processes pickled by value.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
@@ -21,40 +20,15 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from typer.testing import CliRunner
 
 import workbench
+from tests.analyses import Flaky, attempts, up_proj_norms
+from tests.conftest import wb
 from workbench.analysis import Analysis, AnalysisFailed, analyze, register, unregister
-from workbench.cli import app
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 STEPS = (0, 10, 20, 30, 40)
-
-
-class Flaky(Analysis):
-    """Logs every attempt in `log_dir`; SIGKILLs its own worker on the first attempt at `die_at`; raises at
-    every step that has a `fail-<step>` file in `log_dir`."""
-
-    name = "test_flaky"
-    kind = "weights"
-
-    @dataclass(frozen=True)
-    class Params:
-        log_dir: str = ""
-        die_at: int = -1
-
-    def compute(self, ctx):
-        log = Path(self.params.log_dir)
-        attempt = log / f"attempt-{ctx.step}-{time.monotonic_ns()}-{os.getpid()}"
-        attempt.touch()
-        if ctx.step == self.params.die_at and len(list(log.glob(f"attempt-{ctx.step}-*"))) == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if (log / f"fail-{ctx.step}").exists():
-            raise RuntimeError(f"boom at {ctx.step}")
-        w = ctx.matrices("model.layers.{layer}.mlp.up_proj.weight")
-        return xr.Dataset({"norm": ("layer", torch.linalg.vector_norm(w.double(), dim=(1, 2)).numpy(),
-                                    {"description": "‖up_proj‖_F per layer", "units": "1"})})
 
 
 class Lengths(Analysis):
@@ -68,10 +42,6 @@ class Lengths(Analysis):
         return xr.Dataset({"documents": ((), len(ids), {"description": "documents in the evaluation set"}),
                            "tokens": ((), sum(map(len, ids)), {"description": "tokens in the evaluation set"}),
                            "on_gpu": ((), int(ctx.device == "cuda"), {"description": "1 if run on a GPU"})})
-
-
-def attempts(log_dir: Path, step: int) -> int:
-    return len(list(log_dir.glob(f"attempt-{step}-*")))
 
 
 @pytest.fixture(autouse=True)
@@ -98,11 +68,6 @@ def run_path(new_run, hf_state_dicts):
     for step, sd in hf_state_dicts(STEPS).items():
         writer.write_checkpoint(step, sd)
     return path
-
-
-def wb(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 def result_commits(path, repo=None) -> list[dict]:
@@ -136,9 +101,7 @@ def test_a_worker_that_dies_mid_task_is_replaced_and_its_task_rerun(run_path, cl
     run = workbench.open(run_path)
     ds = run.results("test_flaky")
     assert ds["step"].values.tolist() == list(STEPS)
-    want = [[float(torch.linalg.vector_norm(run.checkpoint(s).state_dict()[f"model.layers.{i}.mlp.up_proj.weight"].double()))
-             for i in range(3)] for s in STEPS]
-    np.testing.assert_allclose(ds["norm"].values, want, rtol=1e-12)
+    np.testing.assert_allclose(ds["norm"].values, up_proj_norms(run, 3), rtol=1e-12)
     assert sorted(s for c in result_commits(run_path) for s in c["test_flaky"]) == list(STEPS)  # each once
 
 

@@ -5,11 +5,9 @@ exit code and words the one line must hold."""
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
 import workbench
-from tests.conftest import SMALL_TOML
-from workbench.cli import app
+from tests.conftest import SMALL_TOML, wb
 
 
 def toml_with(old: str, new: str) -> str:
@@ -64,11 +62,6 @@ CASES = [
 ]
 
 
-def wb(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output, result.exception
-
-
 @pytest.fixture(scope="module")
 def imported_run(tmp_path_factory):
     """A run of one tiny LLaMA checkpoint without corpus or metrics (as an import makes)."""
@@ -90,8 +83,7 @@ def test_bad_input_gets_one_line_and_the_right_exit_code(case, tmp_path, importe
     if config is not None:
         names["config"].write_text(config)
     before = sorted(p.name for p in tmp_path.iterdir())
-    got, out, exc = wb(*[a.format(**names) for a in argv])
-    assert exc is None or isinstance(exc, SystemExit), f"{type(exc).__name__}: {exc}"
+    got, out = wb(*[a.format(**names) for a in argv])
     lines = out.strip().splitlines()
     assert got == code and len(lines) == 1 and lines[0].startswith("error: "), out
     for w in words:
@@ -117,7 +109,7 @@ def test_missing_data_is_one_error_class_with_exit_1(what, read, imported_run):
 
 
 def test_missing_corpus_on_the_command_line_is_a_data_error(imported_run):
-    code, out, _ = wb("data", "find", imported_run, "capital")
+    code, out = wb("data", "find", imported_run, "capital")
     assert code == 1 and out.startswith("error: ") and "corpus" in out and len(out.strip().splitlines()) == 1
 
 

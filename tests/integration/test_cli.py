@@ -11,10 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-from typer.testing import CliRunner
 
 import workbench
-from workbench.cli import app
+from tests.conftest import wb
 
 CONFIG = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2)
@@ -24,11 +23,6 @@ def save_step(folder: Path, seed: int, **save_kwargs) -> Path:
     torch.manual_seed(seed)
     LlamaForCausalLM(LlamaConfig(**CONFIG)).save_pretrained(folder, **save_kwargs)
     return folder
-
-
-def wb(*args: str):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 @pytest.fixture

@@ -15,11 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import workbench
-from tests.conftest import free_port
-from workbench.cli import app as cli
+from tests.conftest import free_port, wb
 
 PAGES = ["", "weights", "activations", "lens", "similarity", "memorization", "probes", "evaluation", "tokens",
          "data?q=capital+of", "compare", "other"]
@@ -156,11 +154,6 @@ def test_new_checkpoints_appear_after_a_refresh(browser, analysed_run, tmp_path)
     finally:
         code, out = dash.stop()
     assert code == 0, out
-
-
-def wb(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, analysed_run):

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import workbench
+from tests.conftest import wb
 from workbench.analysis import analyze
 from workbench.analysis.evaluation import metrics
 from workbench.analysis.evaluation.tasks import LLMJP_SYSTEM, read_file
-from workbench.cli import app
 from workbench.errors import MissingData, UsageError
 
 QUESTIONS = [("The capital of Velmora is", [" Tarsk", " Orrin", " Calloway"], 0),
@@ -24,16 +22,6 @@ QUESTIONS = [("The capital of Velmora is", [" Tarsk", " Orrin", " Calloway"], 0)
              ("def load(x):\n    return", [" x", " None", " 1 + 1"], 0),
              ("The cat sat on the", [" mat", " moon"], 1),
              ("猫がマットの上に", ["座った", "いない", "泳いだ"], 2)]
-
-
-def wb(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-@pytest.fixture
-def run_path(_trained, tmp_path):
-    return shutil.copytree(_trained, tmp_path / "run")
 
 
 @pytest.fixture
@@ -57,10 +45,10 @@ def hf_loglikelihoods(model, tok, context: str, choices: list[str]) -> np.ndarra
     return np.array(out)
 
 
-def test_multiple_choice_scores_equal_transformers_log_likelihoods(run_path, questions):
-    analyze(run_path, ["evaluation"], steps=[30], workers=0, progress=False,
+def test_multiple_choice_scores_equal_transformers_log_likelihoods(trained_run, questions):
+    analyze(trained_run, ["evaluation"], steps=[30], workers=0, progress=False,
             params={"evaluation": {"tasks": [str(questions)], "shots": 0}})
-    run = workbench.open(run_path)
+    run = workbench.open(trained_run)
     got = run.results("evaluation").sel(step=30, task="questions")
     model, tok = run.checkpoint(30).to_hf(dtype=torch.float32), run.tokenizer
     correct, chars, nbytes, gold = [], [], [], []
@@ -114,10 +102,10 @@ def test_a_question_file_with_a_template_and_shots(questions):
     assert first.choices == (" x", " None", " 1 + 1") and first.gold == 0
 
 
-def test_built_in_fact_tasks_with_exposure(run_path):
-    run = workbench.open(run_path)
+def test_built_in_fact_tasks_with_exposure(trained_run):
+    run = workbench.open(trained_run)
     analyze(run, ["evaluation"], steps=[0, 30], workers=0, progress=False)
-    ds = workbench.open(run_path).results("evaluation")
+    ds = workbench.open(trained_run).results("evaluation")
     assert list(ds["task"].values) == ["facts-en", "facts-ja", "facts-en2ja", "facts-ja2en"]
     facts = run.table("data/facts")
     assert ds.sizes["fact"] == len(facts)
@@ -132,7 +120,7 @@ def test_built_in_fact_tasks_with_exposure(run_path):
     assert np.isnan(ds["fact_steps_since_seen"].sel(step=0).values).all()
 
 
-def test_bad_input_is_named(run_path, tmp_path):
+def test_bad_input_is_named(trained_run, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "choices": ["a", "b"], "label": 0}\n{"question": "q", "choices": ["a", "b"], "label": 5}\n')
     with pytest.raises(UsageError, match=r"bad.jsonl:2: label 5 is not the index of one of the 2 choices"):
@@ -147,9 +135,9 @@ def test_bad_input_is_named(run_path, tmp_path):
     broken.write_text(json.dumps({"instruction": "x", "metrics": ["bleu_ja"], "samples": [{"input": "a", "output": "b"}]}))
     with pytest.raises(UsageError, match="metric 'bleu_ja' is not supported; supported: exact_match, char_f1"):
         read_file(broken, 0, None)
-    code, out = wb("evaluate", run_path, "--tasks", "facts-fr", "--workers", "0")
+    code, out = wb("evaluate", trained_run, "--tasks", "facts-fr", "--workers", "0")
     assert code == 2 and "facts-en, facts-ja, facts-en2ja, facts-ja2en" in out and len(out.strip().splitlines()) == 1
-    run = workbench.open(run_path)
+    run = workbench.open(trained_run)
     imported = tmp_path / "imported"
     workbench.create(imported, model_config=run.model_config, tokenizer=run.tokenizer).write_checkpoint(
         30, run.checkpoint(30).state_dict())
@@ -159,21 +147,21 @@ def test_bad_input_is_named(run_path, tmp_path):
         analyze(imported, ["evaluation"], params={"evaluation": {"tasks": ["facts-en"]}}, workers=0)
 
 
-def test_the_harness_bridge_agrees_with_the_native_scorer(run_path, questions, tmp_path):
+def test_the_harness_bridge_agrees_with_the_native_scorer(trained_run, questions, tmp_path):
     from workbench.analysis.evaluation import Scorer, harness
     from workbench.analysis.evaluation.tasks import read_file as read
 
     tasks = tmp_path / "yaml"
     tasks.mkdir()
     (tasks / "wb_questions.yaml").write_text(harness.questions_task("wb_questions", questions))
-    run = workbench.open(run_path)
+    run = workbench.open(trained_run)
     results, choices = harness.run(run.checkpoint(30), ["wb_questions"], str(tasks))
     native = Scorer(run.checkpoint(30).model(dtype=torch.float32), run)
     ours = [native.choice(item)["choice"] for item in read(questions, 0, None).choices]
     assert choices["wb_questions"] == ours
     assert results["wb_questions"]["acc,none"] == pytest.approx(np.mean([c == l for c, (_, _, l) in zip(ours, QUESTIONS)]))
-    analyze(run_path, ["evaluation"], steps=[30], workers=0, progress=False,
+    analyze(trained_run, ["evaluation"], steps=[30], workers=0, progress=False,
             params={"evaluation": {"tasks": [str(questions)], "shots": 0, "harness_tasks": ["wb_questions"],
                                    "harness_include": str(tasks)}})
-    ds = workbench.open(run_path).results("evaluation").sel(step=30)
+    ds = workbench.open(trained_run).results("evaluation").sel(step=30)
     assert float(ds["accuracy"].sel(task="wb_questions")) == float(ds["accuracy"].sel(task="questions"))

@@ -9,29 +9,18 @@ import shutil
 import numpy as np
 import pytest
 import xarray as xr
-from typer.testing import CliRunner
 
 import workbench
+from tests.conftest import wb
 from probes.tasks import build
 from workbench.analysis import analyze
-from workbench.cli import app
 from workbench.errors import MissingData
 
 PARAMS = {"probes": {"max_tokens": 1500}}
 
 
-def wb(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-@pytest.fixture
-def run_path(_trained, tmp_path):
-    return shutil.copytree(_trained, tmp_path / "run")
-
-
-def test_built_in_tasks_split_by_document_and_score_above_the_baselines(run_path):
-    run = workbench.open(run_path)
+def test_built_in_tasks_split_by_document_and_score_above_the_baselines(trained_run):
+    run = workbench.open(trained_run)
     sources = build(run, ["script", "language", "fact_en", "fact_ja"], {}, 1500, "last", 0, 32)
     for source in sources:
         for t in np.unique(source.example_text):  # every example of a document on one side
@@ -40,7 +29,7 @@ def test_built_in_tasks_split_by_document_and_score_above_the_baselines(run_path
         assert not (docs_per_split[0] & docs_per_split[1]) and not (docs_per_split[0] & docs_per_split[2])
     assert {s.name for s in sources} == {"tokens", "fact_en", "fact_ja"}
     analyze(run, ["probes"], steps=[0, 30], workers=0, progress=False, params=PARAMS)
-    ds = workbench.open(run_path).results("probes")
+    ds = workbench.open(trained_run).results("probes")
     assert list(ds["task"].values) == ["script", "language", "fact_en", "fact_ja"]
     assert ds.sizes["layer"] == 3  # the embeddings and two blocks
     last = ds.sel(step=30)
@@ -50,23 +39,23 @@ def test_built_in_tasks_split_by_document_and_score_above_the_baselines(run_path
     np.testing.assert_allclose(ds["selectivity"], ds["accuracy"] - ds["control_accuracy"])
     assert np.isnan(last["transfer_accuracy"].sel(task="script")).all()
     assert np.isfinite(last["transfer_accuracy"].sel(task="fact_en")).all()
-    code, out = wb("results", run_path, "probes")
+    code, out = wb("results", trained_run, "probes")
     assert code == 0 and "accuracy[script]" in out and "selectivity[fact_ja]" in out and len(out.splitlines()) == 2 + 2
     best = float(ds["accuracy"].sel(step=30, task="language").max())
     assert f"{best:.4g}" in out
 
 
-def test_one_and_two_workers_give_the_same_numbers_and_a_rerun_computes_only_the_missing_steps(run_path, tmp_path):
-    other = shutil.copytree(run_path, tmp_path / "other")
-    assert analyze(run_path, ["probes"], steps=[0, 10], workers=1, progress=False, params=PARAMS) == {"probes": [0, 10]}
-    assert analyze(run_path, ["probes"], steps=[0, 10, 30], workers=1, progress=False, params=PARAMS) == {"probes": [30]}
+def test_one_and_two_workers_give_the_same_numbers_and_a_rerun_computes_only_the_missing_steps(trained_run, tmp_path):
+    other = shutil.copytree(trained_run, tmp_path / "other")
+    assert analyze(trained_run, ["probes"], steps=[0, 10], workers=1, progress=False, params=PARAMS) == {"probes": [0, 10]}
+    assert analyze(trained_run, ["probes"], steps=[0, 10, 30], workers=1, progress=False, params=PARAMS) == {"probes": [30]}
     assert analyze(other, ["probes"], steps=[0, 10, 30], workers=2, progress=False, params=PARAMS) == {
         "probes": [0, 10, 30]}
-    xr.testing.assert_identical(workbench.open(run_path).results("probes").load(),
+    xr.testing.assert_identical(workbench.open(trained_run).results("probes").load(),
                                 workbench.open(other).results("probes").load())
 
 
-def test_a_task_file_on_any_run_and_wb_probe(run_path, tmp_path):
+def test_a_task_file_on_any_run_and_wb_probe(trained_run, tmp_path):
     """A token-level file task: the first word of each line is labelled by its length class."""
     lines = []
     for word in ["cat", "house", "sun", "window", "dog", "garden", "tea", "bridge"] * 12:
@@ -74,18 +63,18 @@ def test_a_task_file_on_any_run_and_wb_probe(run_path, tmp_path):
         lines.append(json.dumps({"text": text, "spans": [[0, len(word), "short" if len(word) <= 3 else "long"]]}))
     path = tmp_path / "lengths.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    code, out = wb("probe", run_path, "--tasks", f"language,{path}", "--steps", "30", "--workers", "0")
+    code, out = wb("probe", trained_run, "--tasks", f"language,{path}", "--steps", "30", "--workers", "0")
     assert code == 0, out
     assert out.strip() == "probes: computed 1 step(s): 30"
-    ds = workbench.open(run_path).results("probes")
+    ds = workbench.open(trained_run).results("probes")
     assert list(ds["task"].values) == ["language", "lengths"]
     assert ds.attrs["analysis"]["params"]["files"]["lengths"]
-    code, out = wb("probe", run_path, "--tasks", "scripts", "--workers", "0")
+    code, out = wb("probe", trained_run, "--tasks", "scripts", "--workers", "0")
     assert code == 2 and "built-in tasks: script, language, fact" in out and len(out.strip().splitlines()) == 1
 
 
-def test_a_run_without_a_corpus_needs_a_task_file(run_path, tmp_path):
-    run = workbench.open(run_path)
+def test_a_run_without_a_corpus_needs_a_task_file(trained_run, tmp_path):
+    run = workbench.open(trained_run)
     path = tmp_path / "imported"
     writer = workbench.create(path, model_config=run.model_config, tokenizer=run.tokenizer)
     writer.write_checkpoint(30, run.checkpoint(30).state_dict())

@@ -9,17 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import workbench
-from tests.conftest import SMALL_TOML, seeded_model, tiny_llama_config
-from workbench.cli import app
+from tests.conftest import SMALL_TOML, seeded_model, tiny_llama_config, wb
 from workbench.errors import ConcurrentWrite
-
-
-def wb(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 def test_a_run_on_s3_reads_back_bit_exact(s3):

@@ -15,25 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import workbench
+from tests.conftest import wb
 from training import trainer as trainer_module
 from training.presets import load
 from training.trainer import Trainer, TrainingDiverged
-from workbench.cli import app
-
 
 
 @pytest.fixture
 def small(small_toml):
     model_cfg, train_cfg = load(small_toml)
     return small_toml, model_cfg, train_cfg
-
-
-def wb(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 def test_loss_falls_on_the_tiny_preset(tmp_path):

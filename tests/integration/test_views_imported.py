@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import workbench
-from workbench.cli import app
+from tests.conftest import wb
 from workbench.errors import IncompatibleCheckpoint
 from workbench.models.capture import capture
 
@@ -69,8 +68,8 @@ def write_trajectory(root: Path, config) -> Path:
 def imported(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     src = write_trajectory(root / "src", ARCHS[request.param]())
-    result = CliRunner().invoke(app, ["import", "hf", str(src), "--out", str(root / "run")])  # wb import hf
-    assert result.exit_code == 0, result.output
+    code, out = wb("import", "hf", src, "--out", root / "run")
+    assert code == 0, out
     return request.param, src, workbench.open(root / "run")
 
 

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import xarray as xr
-from typer.testing import CliRunner
 
 import workbench
+from tests.conftest import wb
 from workbench.analysis import Analysis, AnalysisFailed, ResultsMismatch, analyze, register, select_steps, unregister
-from workbench.cli import app
 from workbench.errors import MissingData, StepNotFound, UsageError
 
 STEPS = (0, 10, 20, 30)
@@ -98,11 +97,6 @@ def tiny_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return tok
-
-
-def wb(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 def result_commits(path) -> list[dict]:
