@@ -132,6 +132,28 @@ early = false
 """
 
 
+def chunk_file(files, tensor: torch.Tensor) -> Path:
+    """The one chunk file among `files` that holds `tensor` (of q/k/v or a row-blocked matrix): a shard of the
+    uncompressed sharded layout starts with the tensor's first rows; a format-1 chunk is the blosc-compressed
+    tensor followed by a 4-byte crc32c."""
+    import numcodecs
+
+    t = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
+    want = t.contiguous().numpy().tobytes()
+
+    def holds(raw: bytes) -> bool:
+        if raw.startswith(want[:256]):
+            return True
+        try:
+            return bytes(numcodecs.Blosc().decode(raw[:-4])) == want
+        except Exception:
+            return False
+
+    matches = [Path(f) for f in files if holds(Path(f).read_bytes())]
+    assert len(matches) == 1, f"expected exactly one chunk file holding the tensor, found {len(matches)}"
+    return matches[0]
+
+
 def wb(*args) -> tuple[int, str]:
     """Runs the `wb` command line in this process: (exit code, output). An exception the command line does not
     turn into its one-line error (a traceback a user would see) is raised here."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 from training.config import check_bool, check_int, check_number, require
 
 DEVICES = ("auto", "cpu", "cuda")
+COMPRESSIONS = ("none", "lz4")  # how the run stores tensors (workbench.store.layout.Layout)
 
 
 def check_train_value(name: str, value: object, label: str) -> None:
@@ -28,6 +29,8 @@ def check_train_value(name: str, value: object, label: str) -> None:
             check_bool(label, value)
         case "device":
             require(value in DEVICES, label, "one of " + ", ".join(DEVICES), value)
+        case "compression":
+            require(value in COMPRESSIONS, label, "one of " + ", ".join(COMPRESSIONS), value)
         case "preset" | "corpus" | "text_field":
             require(isinstance(value, str) and value != "", label, "a non-empty string", value)
 
@@ -55,6 +58,7 @@ class TrainConfig:
     n_documents: int = 3000  # synthetic corpus size
     heldout_fraction: float = 0.05
     device: str = "auto"  # auto | cpu | cuda
+    compression: str = "none"  # of the stored tensors: none (fastest writes) | lz4 (~12% smaller)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -119,7 +119,7 @@ class Trainer:
             data = build_dataset(self.cfg, self.model_cfg.vocab_size)
             self.model_cfg.eos_token_id = data.eos_id
             writer = store.create(self.out, model_config=self.model_cfg.to_hf(), tokenizer=data.tokenizer,
-                                  train_config=asdict(self.cfg))
+                                  train_config=asdict(self.cfg), layout=store.Layout(compression=self.cfg.compression))
             # The corpus and step 0 in one commit: a run either has both or no checkpoint at all.
             writer.write_checkpoint(0, host_copy(checkpoint_state(model)), tables=data.tables())
             start, tokens_seen = 0, 0

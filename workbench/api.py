@@ -71,8 +71,10 @@ class RunWriter(store.RunWriter):
         super().__init__(location, validate=check_against_config)
 
 
-def create(location: str | os.PathLike, model_config: dict, tokenizer=None, train_config: dict | None = None) -> RunWriter:
+def create(location: str | os.PathLike, model_config: dict, tokenizer=None, train_config: dict | None = None,
+           layout: store.Layout = store.Layout()) -> RunWriter:
     """A new run at `location` (local folder or s3://bucket/prefix) with its metadata committed, and its writer.
-    `tokenizer` is a `tokenizers.Tokenizer`, its JSON text, or a path to a tokenizer.json."""
-    store.create(location, model_config, tokenizer=tokenizer, train_config=train_config)
+    `tokenizer` is a `tokenizers.Tokenizer`, its JSON text, or a path to a tokenizer.json; `layout` says how its
+    tensors are stored (`workbench.store.Layout`: sharded and uncompressed by default)."""
+    store.create(location, model_config, tokenizer=tokenizer, train_config=train_config, layout=layout)
     return RunWriter(location)

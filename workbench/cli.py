@@ -22,6 +22,14 @@ app.add_typer(data_app, name="data")
 app.add_typer(tokenizer_app, name="tokenizer")
 
 RunArg = Annotated[str, typer.Argument(help="run folder or s3://bucket/prefix")]
+Compression = Annotated[Optional[str], typer.Option(
+    help="of a new run's tensors: none (fastest writes, the default) or lz4 (~12% smaller)")]
+
+
+def _layout(compression: str | None, whole_tensors: bool = False):
+    from workbench.store import Layout
+
+    return Layout(sharded=not whole_tensors, compression=compression or "none")
 
 
 def expected_errors(fn):
@@ -67,7 +75,7 @@ def info(run: RunArg, as_json: Annotated[bool, typer.Option("--json", help="prin
     summary = {
         "run": r.location, "steps": r.steps, "parameters": n_params, "bytes_on_disk": bytes_on_disk(run),
         "code_version": r.code_version, "tokenizer_vocab": r.tokenizer.get_vocab_size() if r.tokenizer else None,
-        "model_config": r.model_config, "train_config": r.train_config,
+        "layout": r.layout.to_attrs(), "model_config": r.model_config, "train_config": r.train_config,
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -75,6 +83,7 @@ def info(run: RunArg, as_json: Annotated[bool, typer.Option("--json", help="prin
     typer.echo(f"run          {r.location}")
     typer.echo(f"checkpoints  {len(r.steps)}: {_steps_text(r.steps) or 'none'}")
     typer.echo(f"parameters   {n_params:,} in {len(r.parameter_arrays)} arrays")
+    typer.echo(f"layout       {'sharded' if r.layout.sharded else 'whole tensors'}, compression {r.layout.compression}")
     if summary["bytes_on_disk"] is not None:
         typer.echo(f"on disk      {_size(summary['bytes_on_disk'])}")
     typer.echo(f"tokenizer    {'vocab ' + str(summary['tokenizer_vocab']) if r.tokenizer else 'none'}")
@@ -109,13 +118,14 @@ def import_hf(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="load pytorch_model.bin (weights_only)")] = False,
     tokenizer: Annotated[Optional[Path], typer.Option(help="folder or tokenizer.json to store with the run")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace steps already in the run")] = False,
+    compression: Compression = None,
 ):
     """Import HuggingFace checkpoint folders (Pythia step1000, HF checkpoint-1000, Megatron iter_0001000)."""
     from workbench.models.config_check import check_against_config
     from workbench.store.hf import import_hf as run_import
 
     steps = run_import(src, out, step=step, allow_pickle=allow_pickle, tokenizer=tokenizer, overwrite=overwrite,
-                       progress=sys.stderr.isatty(), validate=check_against_config)
+                       progress=sys.stderr.isatty(), validate=check_against_config, layout=_layout(compression))
     typer.echo(f"imported {len(steps)} checkpoint(s) into {out}: {_steps_text(steps)}")
 
 
@@ -135,6 +145,24 @@ def export_hf(
 
 @app.command()
 @expected_errors
+def repack(
+    run: RunArg,
+    out: Annotated[str, typer.Option("--out", help="new run folder (or s3://bucket/prefix) to write")],
+    compression: Compression = None,
+    whole_tensors: Annotated[bool, typer.Option(
+        "--whole-tensors", help="one chunk per tensor (format 1) instead of sharded tensors")] = False,
+):
+    """Rewrite a run into the sharded layout (or another codec), bit-exact: every checkpoint, table and result."""
+    from workbench.store.repack import repack as run_repack
+
+    layout = _layout(compression, whole_tensors)
+    new = run_repack(run, out, layout, progress=sys.stderr.isatty())
+    typer.echo(f"repacked {len(new.steps)} checkpoint(s) of {run} into {out} "
+               f"({'sharded' if layout.sharded else 'whole tensors'}, compression {layout.compression})")
+
+
+@app.command()
+@expected_errors
 def train(
     out: Annotated[str, typer.Option("--out", help="run folder (or s3://bucket/prefix) to write")],
     preset: Annotated[Optional[str], typer.Option(help="tiny, small, 125m, 350m or 1b")] = None,
@@ -145,6 +173,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda")] = None,
     corpus: Annotated[Optional[str], typer.Option(help="'synthetic' or a folder/.jsonl/.parquet of local text")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run's last checkpoint")] = False,
+    compression: Compression = None,
 ):
     """Train a LLaMA and record every checkpoint, the data order and the metrics in a run."""
     from training.presets import load
@@ -155,7 +184,7 @@ def train(
         trainer = Trainer.resuming(out, model_cfg, progress=sys.stderr.isatty(), max_steps=max_steps, device=device)
     else:
         model_cfg, train_cfg = load(config, preset, max_steps=max_steps, every=every, device=device, corpus=corpus,
-                                    early=False if no_early else None)
+                                    early=False if no_early else None, compression=compression)
         trainer = Trainer(model_cfg, train_cfg, out, progress=sys.stderr.isatty())
     trainer.train()
     typer.echo(f"trained {out} to step {trainer.cfg.max_steps}")

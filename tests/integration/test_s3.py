@@ -78,7 +78,7 @@ def test_writers_racing_on_one_run(s3):
 
             from zarr.core.sync import sync
 
-            sync(_stage(session.store, 20, models[20].state_dict(), None, False, {}))
+            sync(_stage(session.store, 20, models[20].state_dict(), None, False, {}, {}))
             second.write_checkpoint(30, models[30].state_dict())
     run = workbench.open(location)
     assert run.steps == [0, 10, 30]

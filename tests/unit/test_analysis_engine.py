@@ -284,16 +284,14 @@ def test_the_store_does_not_import_the_analysis_layer():
 
 
 def test_a_corrupt_chunk_fails_only_the_steps_that_read_it(new_run, hf_state_dicts):
-    import numcodecs
+    from tests.conftest import chunk_file
 
     sds = hf_state_dicts((0, 10))
     path, writer = new_run()
     writer.write_checkpoint(0, sds[0])
     before = set((path / "chunks").iterdir())
     writer.write_checkpoint(10, sds[10])
-    target = sds[10]["model.layers.1.self_attn.q_proj.weight"].contiguous().numpy().tobytes()
-    (chunk,) = [f for f in set((path / "chunks").iterdir()) - before
-                if bytes(numcodecs.Blosc().decode(f.read_bytes()[:-4])) == target]
+    chunk = chunk_file(set((path / "chunks").iterdir()) - before, sds[10]["model.layers.1.self_attn.q_proj.weight"])
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x5A
     chunk.write_bytes(bytes(data))

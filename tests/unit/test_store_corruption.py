@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import workbench
+from tests.conftest import chunk_file
 from workbench.errors import CorruptData
 
 TARGET = "model.layers.1.self_attn.q_proj.weight"
@@ -17,22 +18,6 @@ TARGET = "model.layers.1.self_attn.q_proj.weight"
 
 def _chunk_files(run: Path) -> set[str]:
     return set(os.listdir(run / "chunks"))
-
-
-def _decoded_payload(raw: bytes) -> bytes | None:
-    """The raw tensor bytes of a chunk file: blosc-compressed payload followed by a 4-byte crc32c."""
-    import numcodecs
-
-    try:
-        return bytes(numcodecs.Blosc().decode(raw[:-4]))
-    except Exception:
-        return None
-
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    return t.contiguous().numpy().tobytes()
 
 
 def _flip_byte(path: Path) -> None:
@@ -54,16 +39,9 @@ def run_with_two_steps(new_run, hf_state_dicts):
     return path, sds, [path / "chunks" / f for f in new]
 
 
-def _find_chunk(files: list[Path], tensor: torch.Tensor) -> Path:
-    want = _tensor_bytes(tensor)
-    matches = [f for f in files if _decoded_payload(f.read_bytes()) == want]
-    assert len(matches) == 1, f"expected exactly one chunk file holding the tensor, found {len(matches)}"
-    return matches[0]
-
-
 def test_flipped_byte_in_one_chunk_raises_corrupt_data(run_with_two_steps):
     path, sds, step10_files = run_with_two_steps
-    chunk = _find_chunk(step10_files, sds[10][TARGET])
+    chunk = chunk_file(step10_files, sds[10][TARGET])
     _flip_byte(chunk)
 
     run = workbench.open(path)  # opening reads no chunk data
@@ -94,7 +72,7 @@ def test_every_corrupted_chunk_of_a_step_is_detected(run_with_two_steps):
 def test_corrupt_chunk_in_a_trajectory_raises_corrupt_data(run_with_two_steps):
     """Trajectories read the same chunks; a damaged one must also surface as CorruptData naming the array."""
     path, sds, step10_files = run_with_two_steps
-    _flip_byte(_find_chunk(step10_files, sds[10][TARGET]))
+    _flip_byte(chunk_file(step10_files, sds[10][TARGET]))
     traj = workbench.open(path).trajectory("model.layers.{layer}.self_attn.q_proj.weight")
     # The undamaged step still computes.
     np.testing.assert_array_equal(traj.sel(step=0).values,

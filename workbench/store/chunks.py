@@ -26,13 +26,13 @@ class ChecksumMismatch(ValueError):
     """Stored and computed crc32c of a chunk differ."""
 
 
-def _blosc(itemsize: int) -> Blosc:
+def blosc_codec(itemsize: int) -> Blosc:
     return Blosc(cname=BLOSC["cname"], clevel=BLOSC["clevel"], shuffle=_SHUFFLE[BLOSC["shuffle"]], typesize=itemsize)
 
 
 def encode(tensor: np.ndarray) -> bytes:
     """One chunk's bytes: blosc-compressed little-endian tensor, then its crc32c (little-endian)."""
-    body = _blosc(tensor.dtype.itemsize).encode(np.ascontiguousarray(tensor))
+    body = blosc_codec(tensor.dtype.itemsize).encode(np.ascontiguousarray(tensor))
     return bytes(body) + np.uint32(crc32c.crc32c(body)).tobytes()
 
 
@@ -43,12 +43,12 @@ def decode_into(data, out: np.ndarray) -> None:
     body, stored = view[:-4], bytes(view[-4:])
     if np.uint32(crc32c.crc32c(body)).tobytes() != stored:
         raise ChecksumMismatch("stored and computed crc32c do not match")
-    _blosc(out.dtype.itemsize).decode(body, out=out.reshape(-1).view(np.uint8))
+    blosc_codec(out.dtype.itemsize).decode(body, out=out.reshape(-1).view(np.uint8))
 
 
 def is_direct(arr) -> bool:
     """Whether `arr` (an AsyncArray) has one tensor per chunk and exactly the codecs `encode` writes."""
-    k = _stacked(arr)
+    k = stacked_axes(arr)
     if tuple(arr.chunks) != (1,) * k + tuple(arr.shape[k:]):
         return False
     codecs = arr.metadata.to_dict()["codecs"]
@@ -61,7 +61,7 @@ def is_direct(arr) -> bool:
             and blosc["typesize"] == np.dtype(arr.dtype).itemsize)
 
 
-def _stacked(arr) -> int:
+def stacked_axes(arr) -> int:
     """Leading axes that index tensors (step, and layer when stacked)."""
     return 2 if "layer" in arr.metadata.dimension_names else 1
 

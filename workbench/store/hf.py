@@ -16,6 +16,7 @@ import torch
 from workbench.errors import CorruptData, IncompatibleCheckpoint, RunNotFound, UnsafeFormat, UsageError
 
 if TYPE_CHECKING:
+    from workbench.store.layout import Layout
     from workbench.store.writer import Validator
 
 # Per-step folder names of public suites: Pythia `step1000`, HF Trainer `checkpoint-1000`, Megatron `iter_0001000`.
@@ -119,14 +120,16 @@ def config_difference(a: dict, b: dict) -> list[str]:
 
 def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: int | None = None,
               allow_pickle: bool = False, tokenizer: str | os.PathLike | None = None, overwrite: bool = False,
-              progress: bool = True, validate: "Validator | None" = None) -> list[int]:
+              progress: bool = True, validate: "Validator | None" = None, layout: "Layout | None" = None) -> list[int]:
     """Import HF checkpoint folders into the run at `out` (created, or appended to); returns the steps written.
+    A new run stores its tensors in `layout` (the default `Layout()` when None); an existing one keeps its own.
 
     Every file is checked before the first commit (with `validate`, its tensor shapes against the config too);
     each step is then one atomic commit.
     """
     from tqdm.auto import tqdm
 
+    from workbench.store.layout import Layout
     from workbench.store.run import Run
     from workbench.store.storage import local_path
     from workbench.store.writer import RunWriter, create
@@ -151,7 +154,8 @@ def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: in
         run = Run(out)
     except RunNotFound:
         writer = create(out, model_config=config, tokenizer=_find_tokenizer(tokenizer, checkpoints),
-                        train_config={"imported_from": [str(Path(s).absolute()) for s in sources]}, validate=validate)
+                        train_config={"imported_from": [str(Path(s).absolute()) for s in sources]}, validate=validate,
+                        layout=layout or Layout())
     else:
         if diff := config_difference(run.model_config, config):
             raise IncompatibleCheckpoint(f"{out} holds a model with another config (differs in {diff})")

@@ -18,7 +18,8 @@ from zarr.core.sync import sync
 
 from workbench.errors import MissingData, RunNotFound, StepNotFound, UsageError
 from workbench.store import results as results_io
-from workbench.store.layout import DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, bf16_to_float32, parse_name
+from workbench.store.layout import (DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, V3, Layout,
+                                    head_dim_of, parse_name)
 from workbench.store.storage import open_repository
 from workbench.store.tables import read as read_table
 from workbench.store.tensors import TensorGroup
@@ -49,7 +50,7 @@ class Run:
             self.session = self.repo.readonly_session(snapshot_id=self.pinned)
         self.store = self.session.store
         try:
-            self.root = zarr.open_group(self.store, mode="r")
+            self.root = zarr.open_group(self.store, mode="r", **V3)
         except GroupNotFoundError:
             raise RunNotFound(f"{self.location} is an empty Icechunk repository, not a workbench run "
                               "(a creation that was interrupted?)") from None
@@ -84,6 +85,11 @@ class Run:
     @property
     def train_config(self) -> dict | None:
         return self.attrs.get("train_config")
+
+    @property
+    def layout(self) -> Layout:
+        """How the run stores tensors it creates (format-1 runs: whole-tensor LZ4 chunks)."""
+        return Layout.from_attrs(self.attrs["workbench"].get("layout"))
 
     @property
     def code_version(self) -> str | None:
@@ -176,13 +182,18 @@ class Run:
         return self.checkpoint_type(self, step)
 
     def trajectory(self, name: str):
-        """One parameter across all steps as a lazy `xarray.DataArray`.
+        """One parameter across all steps as a lazy `xarray.DataArray`, sorted by step.
 
         `name` is an HF name: with `{layer}` for every layer (dims `step, layer, ...`), with a layer index
         for one layer, or an unstacked name (dims `step, ...`). bfloat16 is widened exactly to float32.
+        Nothing is read until values are asked for; then only what `.sel` / `.isel` selected: in the sharded
+        layout, only the inner chunks (one head, a block of neurons) that the selection touches, fetched
+        concurrently for all steps. `.chunk(...)` makes it a dask array.
         """
-        import dask.array as da
         import xarray as xr
+        from xarray.core import indexing
+
+        from workbench.store.trajectory import TrajectoryReader
 
         key = parse_name(name) if "{layer}" not in name else None
         template = key.template if key else name
@@ -195,23 +206,46 @@ class Run:
         layer = key.layer if key and key.layered else None
         if layer is not None and layer >= arr.shape[1]:
             raise UsageError(f"{name!r}: layer {layer} out of range, the run has {arr.shape[1]} layers")
-        steps = np.asarray(self._params.steps, dtype=np.int64)
-        # One dask block per step (all layers, or the one asked for): a block's chunks are fetched
-        # concurrently, and a corrupt chunk fails only its own step.
-        reader = _StepReader(self._params, arr, layer)
-        data = da.from_array(reader, chunks=(1, *reader.shape[1:]), asarray=True, lock=False, fancy=False)
-        dtype = arr.attrs["dtype"]
-        if dtype == "bfloat16":
-            data = data.map_blocks(bf16_to_float32, dtype=np.float32)
+        reader = TrajectoryReader(self._params, arr, layer)
         dims = [d for d in arr.metadata.dimension_names if not (layer is not None and d == "layer")]
-        coords = {STEP: steps}
+        coords = {STEP: np.sort(np.asarray(self._params.steps, dtype=np.int64), kind="stable")}
         if "layer" in dims:
             coords["layer"] = np.arange(arr.shape[1])
-        out = xr.DataArray(data, dims=dims, coords=coords, name=name if layer is not None else template,
-                           attrs={"stored_dtype": dtype, "parameter": template})
-        if np.any(np.diff(steps) < 0):
-            out = out.isel(step=np.argsort(steps, kind="stable"))
-        return out
+        variable = xr.Variable(dims, indexing.LazilyIndexedArray(reader),
+                               attrs={"stored_dtype": arr.attrs["dtype"], "parameter": template})
+        return xr.DataArray(variable, coords=coords, name=name if layer is not None else template)
+
+    def head(self, layer: int, head: int, proj: str = "q"):
+        """One attention head of `layer` across all steps, lazily (see `trajectory`): for `proj` q, k or v its
+        rows `[step, out=head_dim, in]`, for o its columns `[step, out, in=head_dim]`. Of k and v, `head` is a
+        key-value head (grouped-query attention shares one among several query heads). LLaMA-style names."""
+        if proj not in ("q", "k", "v", "o"):
+            raise UsageError(f"proj {proj!r}: use q, k, v or o")
+        width = head_dim_of(self.model_config)
+        if width is None:
+            raise UsageError("the run's model config gives no head width (head_dim or hidden_size/num_attention_heads)")
+        traj = self.trajectory(f"model.layers.{layer}.self_attn.{proj}_proj.weight")
+        axis = "in" if proj == "o" else "out"
+        heads = traj.sizes[axis] // width
+        if not 0 <= head < heads:
+            raise UsageError(f"head {head} out of range: {proj}_proj of this run has {heads} heads")
+        picked = traj.isel({axis: slice(head * width, (head + 1) * width)})
+        return picked.assign_attrs(layer=layer, head=head, proj=proj)
+
+    def neuron(self, layer: int, index: int):
+        """MLP neuron `index` of `layer` across all steps, read: its gate_proj and up_proj rows and its down_proj
+        column as `[step, proj=(gate, up, down), dim]` (LLaMA-style names)."""
+        import xarray as xr
+
+        name = "model.layers.{}.mlp.{}_proj.weight"
+        gate, up, down = (self.trajectory(name.format(layer, p)) for p in ("gate", "up", "down"))
+        if not 0 <= index < gate.sizes["out"]:
+            raise UsageError(f"neuron {index} out of range: the MLP of this run has {gate.sizes['out']} neurons")
+        vectors = [gate.isel(out=index), up.isel(out=index), down.isel({"in": index})]
+        vectors = [v.rename({v.dims[1]: "dim"}).drop_vars(["out", "in"], errors="ignore").load() for v in vectors]
+        out = xr.concat(vectors, dim=xr.DataArray(["gate", "up", "down"], dims="proj", name="proj"))
+        out = out.transpose("step", "proj", "dim").rename(f"model.layers.{layer}.mlp neuron {index}")
+        return out.assign_attrs(layer=layer, neuron=index)
 
     def stored_results(self) -> dict[str, results_io.Stored]:
         """{analysis name: its stored steps and the attributes they were computed with}."""
@@ -221,33 +255,6 @@ class Run:
         """The stored results of analysis `name` as a lazy `xarray.Dataset` with a `step` dimension, sorted by
         step; `MissingData` when none are stored."""
         return results_io.read(self.store, self.root, name)
-
-
-class _StepReader:
-    """A stacked array as dask reads it, one step per block, through the tensor group's direct chunk decoding
-    (a corrupt chunk raises `CorruptData` naming array, step and layer)."""
-
-    def __init__(self, group: TensorGroup, arr: zarr.Array, layer: int | None = None):
-        """`layer`: read only that layer of a stacked array (its axis dropped), one chunk per step."""
-        self.group, self.arr, self.layer = group, arr, layer
-        self.shape = arr.shape if layer is None else (arr.shape[0], *arr.shape[2:])
-        self.dtype, self.ndim = arr.dtype, len(self.shape)
-        self.layered = "layer" in arr.metadata.dimension_names
-
-    def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        steps = range(*key[0].indices(self.shape[0])) if isinstance(key[0], slice) else [int(key[0])]
-        name = self.arr.path.rsplit("/", 1)[-1]
-        rest = key[1:]
-        layers = slice(None)
-        if self.layer is not None:
-            layers, rest = slice(self.layer, self.layer + 1), (0, *rest)
-        elif self.layered and rest:  # read only the layers asked for
-            layers = rest[0] if isinstance(rest[0], slice) else slice(int(rest[0]), int(rest[0]) + 1)
-            rest = (slice(None) if isinstance(rest[0], slice) else 0, *rest[1:])
-        rows = [sync(self.group.read_array(name, self.arr.async_array, self.group.steps[i], i, layers)) for i in steps]
-        block = np.stack(rows)
-        return block[(slice(None), *rest)] if isinstance(key[0], slice) else block[0][rest]
 
 
 class Checkpoint:
@@ -280,7 +287,7 @@ async def _read_optimizer(store, step: int) -> dict[str, dict[str, torch.Tensor]
     from zarr.api.asynchronous import open_group
 
     try:
-        root = await open_group(store=store, path=OPTIMIZER, mode="r")
+        root = await open_group(store=store, path=OPTIMIZER, mode="r", **V3)
     except FileNotFoundError:
         return None
     state: dict[str, dict[str, torch.Tensor]] = {}

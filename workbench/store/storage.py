@@ -95,10 +95,22 @@ def check_new_location(location: str | os.PathLike) -> None:
         raise UsageError(f"{os.fspath(location)} exists and is not empty; give a new folder for the run")
 
 
+# Manifests (Icechunk's chunk-reference files) split along `step`: a checkpoint's commit rewrites the references
+# of at most this many steps per array, not of the whole trajectory, and a reader of a few steps fetches only
+# their splits. The setting is saved in the repository's config, so every later writer follows it.
+STEPS_PER_MANIFEST = 32
+
+
 def create_repository(location: str | os.PathLike) -> icechunk.Repository:
     """A new, empty repository at `location`; refuses to reuse a non-empty local folder or an existing run."""
     check_new_location(location)
-    return icechunk.Repository.create(storage_for(location))
+    split = icechunk.ManifestSplittingConfig.from_dict({
+        icechunk.ManifestSplitCondition.AnyArray(): {icechunk.ManifestSplitDimCondition.DimensionName("step"):
+                                                     STEPS_PER_MANIFEST}})
+    repo = icechunk.Repository.create(storage_for(location), config=icechunk.RepositoryConfig(
+        manifest=icechunk.ManifestConfig(splitting=split)))
+    repo.save_config()
+    return repo
 
 
 def bytes_on_disk(location: str | os.PathLike) -> int | None:

@@ -11,7 +11,7 @@ import asyncio
 import numpy as np
 from zarr.api.asynchronous import open_group
 
-from workbench.store.layout import TABLE
+from workbench.store.layout import TABLE, V3
 
 ROW = "row"
 CHUNK_ROWS = 1 << 16
@@ -55,7 +55,7 @@ async def append(store, path: str, rows: dict[str, object], attrs: dict | None =
 async def read(store, path: str) -> dict[str, np.ndarray] | None:
     """All columns of the table at `path`, or None when the run has no such table."""
     try:
-        group = await open_group(store=store, path=path, mode="r")
+        group = await open_group(store=store, path=path, mode="r", **V3)
     except FileNotFoundError:
         return None
     arrays = {name: arr async for name, arr in group.arrays()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +19,9 @@ from zarr.core.group import AsyncGroup
 import icechunk
 
 from workbench.errors import CorruptData, IncompatibleCheckpoint, ReadFailed, StepExists, StepNotFound
-from workbench.store import chunks
-from workbench.store.layout import STEP, TENSORS, Key, codecs_for, dims_for, encode_dtype, parse_name, to_numpy, to_torch
+from workbench.store import chunks, shards
+from workbench.store.layout import (STEP, TENSORS, V3, Key, Layout, array_codecs, dims_for, encode_dtype,
+                                    parse_name, to_numpy, to_torch)
 
 # Errors of decoding: chunk bytes that fail their checksum (zarr's and ours are ValueErrors) or that blosc cannot
 # decompress (RuntimeError). Fetching them is another matter: an OSError or IcechunkError says nothing of the data.
@@ -76,26 +78,50 @@ def _spec_of_array(arr) -> Spec:
     return Spec(arr.attrs["name"], arr.shape[1] if layered else None, tuple(shape), arr.attrs["dtype"])
 
 
+@dataclass(frozen=True)
+class Codec:
+    """How the tensors of one array are encoded: `shards` (the sharded layout, `lz4` or not, `inner` chunks),
+    `whole` (format 1: one blosc chunk per tensor) or `zarr` (anything else, through zarr's own pipeline)."""
+
+    kind: str
+    lz4: bool = False
+    inner: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, arr) -> "Codec":
+        lz4 = shards.lz4_of(arr)
+        if lz4 is not None:
+            return cls("shards", lz4, shards.inner_of(arr))
+        return cls("whole") if chunks.is_direct(arr) else cls("zarr")
+
+
 class TensorGroup:
     """Read and write one step's tensors in a Zarr group of stacked arrays."""
 
     def __init__(self, group: AsyncGroup, steps: list[int]):
         self.group, self.steps = group, steps
+        self._codecs: dict[str, Codec] = {}  # by array path: reading the codecs from metadata costs ~0.1 ms
+
+    def codec(self, arr) -> Codec:
+        if arr.path not in self._codecs:
+            self._codecs[arr.path] = Codec.of(arr)
+        return self._codecs[arr.path]
 
     @classmethod
     async def open(cls, store, path: str, create: bool = False) -> "TensorGroup | None":
         try:
-            group = await open_group(store=store, path=path, mode="a" if create else "r")
+            group = await open_group(store=store, path=path, mode="a" if create else "r", **V3)
         except FileNotFoundError:
             return None
-        if STEP not in [k async for k in group.array_keys()]:
+        try:
+            coord = await group.getitem(STEP)
+        except KeyError:
             if not create:
                 return None
             await group.update_attributes({"kind": TENSORS})
             await group.create_array(STEP, shape=(0,), chunks=(1024,), dtype="int64", dimension_names=[STEP],
                                      attributes={"units": "optimizer steps", "description": "training step of each index"})
             return cls(group, [])
-        coord = await group.getitem(STEP)
         return cls(group, [int(s) for s in await coord.getitem(slice(None))])
 
     def index(self, step: int, what: str = "checkpoint") -> int:
@@ -107,8 +133,10 @@ class TensorGroup:
     async def arrays(self) -> dict[str, object]:
         return {name: arr async for name, arr in self.group.arrays() if name != STEP}
 
-    async def write(self, step: int, tensors: dict[str, torch.Tensor], overwrite: bool = False) -> None:
-        """Stage `tensors` as `step` (the caller commits)."""
+    async def write(self, step: int, tensors: dict[str, torch.Tensor], overwrite: bool = False,
+                    layout: Layout = Layout(), head_dim: int | None = None) -> None:
+        """Stage `tensors` as `step` (the caller commits). Arrays new to the group are created in `layout`
+        (`head_dim` cuts attention matrices into heads); existing arrays keep theirs."""
         specs, items = specs_of(tensors)
         existing = await self.arrays()
         if existing:
@@ -128,9 +156,10 @@ class TensorGroup:
             if arr is None:
                 stored, _ = encode_dtype(items[name][0][1].dtype)
                 arr = await self.group.create_array(
-                    name, shape=(n, *stacked, *spec.shape), chunks=(1, *(1 for _ in stacked), *spec.shape),
-                    dtype=stored, fill_value=0, dimension_names=dims_for(len(spec.shape), spec.layers is not None),
-                    attributes={"name": spec.template, "dtype": spec.dtype}, **codecs_for(stored))
+                    name, shape=(n, *stacked, *spec.shape), dtype=stored, fill_value=0,
+                    dimension_names=dims_for(len(spec.shape), spec.layers is not None),
+                    attributes={"name": spec.template, "dtype": spec.dtype},
+                    **array_codecs(stored, layout, spec.shape, 1 + len(stacked), spec.template, head_dim))
             elif arr.shape[0] != n:
                 await arr.resize((n, *arr.shape[1:]))
             arrays[name] = arr
@@ -144,7 +173,10 @@ class TensorGroup:
             self.steps.append(step)
 
     async def _write_tensor(self, arr, index: tuple[int, ...], tensor: np.ndarray) -> None:
-        if chunks.is_direct(arr):
+        codec = self.codec(arr)
+        if codec.kind == "shards":
+            await shards.write(self.group.store, chunks.key(arr, index), tensor, codec.inner, codec.lz4)
+        elif codec.kind == "whole":
             await chunks.write(self.group.store, arr, index, tensor)
         else:
             await arr.setitem(index, tensor)
@@ -168,34 +200,64 @@ class TensorGroup:
 
     async def read_array(self, name: str, arr, step: int, idx: int, layers: slice = slice(None)) -> np.ndarray:
         """One step of one stacked array ([layer, ...] for `layers` of a stacked array, else the tensor),
-        decoded chunk by chunk into one buffer; a chunk that fails its checksum raises `CorruptData` naming
+        decoded tensor by tensor into one buffer; a tensor that fails its checksum raises `CorruptData` naming
         array, step and layer."""
-        path = f"{self.group.path}/{name}"
         layered = "layer" in arr.metadata.dimension_names
-        if not chunks.is_direct(arr):
-            try:
+        codec = self.codec(arr)
+        if codec.kind == "zarr":
+            with self._reading(name, step):
                 return await arr.getitem((idx, layers) if layered else idx)
-            except FETCH_ERRORS as e:
-                raise ReadFailed(path, step, _first_line(e)) from e
-            except DECODE_ERRORS as e:
-                raise CorruptData(path, step, _first_line(e)) from e
         wanted = range(*layers.indices(arr.shape[1])) if layered else range(0)
         out = np.empty((len(wanted), *arr.shape[2:]) if layered else arr.shape[1:], dtype=np.dtype(arr.dtype))
 
         async def one(index, view):
-            where = f"layer {index[1]}: " if layered else ""
-            try:
-                await chunks.read_into(self.group.store, arr, index, view)
-            except FETCH_ERRORS as e:
-                raise ReadFailed(path, step, where + _first_line(e)) from e
-            except DECODE_ERRORS as e:
-                raise CorruptData(path, step, where + _first_line(e)) from e
+            with self._reading(name, step, index[1] if layered else None):
+                await self._read_whole(arr, index, view)
 
         if layered:
             await asyncio.gather(*(one((idx, layer), out[i, ...]) for i, layer in enumerate(wanted)))
         else:
             await one((idx,), out)
         return out
+
+    async def read_region(self, name: str, arr, step: int, idx: int, layer: int | None,
+                          region: tuple[np.ndarray, ...] | None, out: np.ndarray) -> None:
+        """Read the outer selection `region` (an int array per tensor axis; None for all of it) of one tensor into
+        `out`: of the sharded layout only the inner chunks it touches, of whole-tensor chunks the tensor."""
+        index = (idx,) if layer is None else (idx, layer)
+        codec = self.codec(arr)
+        with self._reading(name, step, layer):
+            if codec.kind == "zarr":
+                out[...] = await arr.get_orthogonal_selection((*index, *(region or ())))
+            elif region is None:
+                await self._read_whole(arr, index, out)
+            elif codec.kind == "shards":
+                out[...] = await shards.read_region(self.group.store, chunks.key(arr, index), arr.shape[len(index):],
+                                                    codec.inner, out.dtype, region, codec.lz4, arr.metadata.fill_value)
+            else:
+                tensor = np.empty(arr.shape[len(index):], out.dtype)
+                await chunks.read_into(self.group.store, arr, index, tensor)
+                out[...] = tensor[np.ix_(*region)]
+
+    async def _read_whole(self, arr, index: tuple[int, ...], out: np.ndarray) -> None:
+        """Decode the tensor at `index` of a `shards` or `whole` array into `out`."""
+        codec = self.codec(arr)
+        if codec.kind == "shards":
+            await shards.read_into(self.group.store, chunks.key(arr, index), codec.inner, out, codec.lz4,
+                                   arr.metadata.fill_value)
+        else:
+            await chunks.read_into(self.group.store, arr, index, out)
+
+    @contextmanager
+    def _reading(self, name: str, step: int, layer: int | None = None):
+        """Fetch failures as `ReadFailed`, undecodable bytes as `CorruptData`, naming array, step and layer."""
+        path, where = f"{self.group.path}/{name}", "" if layer is None else f"layer {layer}: "
+        try:
+            yield
+        except FETCH_ERRORS as e:
+            raise ReadFailed(path, step, where + _first_line(e)) from e
+        except DECODE_ERRORS as e:
+            raise CorruptData(path, step, where + _first_line(e)) from e
 
 
 def _first_line(e: BaseException) -> str:

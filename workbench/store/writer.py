@@ -17,7 +17,7 @@ from zarr.core.sync import sync
 
 from workbench.errors import ConcurrentWrite, UsageError
 from workbench.store import results as results_io
-from workbench.store.layout import FORMAT_VERSION, META, OPTIMIZER, PARAMS
+from workbench.store.layout import FORMAT_VERSION, META, OPTIMIZER, PARAMS, V3, Layout, head_dim_of
 from workbench.store.storage import create_repository, local_path, open_repository
 from workbench.store.tables import append as append_rows
 from workbench.store.tensors import TensorGroup
@@ -39,10 +39,11 @@ def code_version() -> str:
 
 
 def create(location: str | os.PathLike, model_config: dict, tokenizer=None, train_config: dict | None = None,
-           validate: Validator | None = None) -> "RunWriter":
+           validate: Validator | None = None, layout: Layout = Layout()) -> "RunWriter":
     """A new run at `location` (local folder or s3://bucket/prefix) with its metadata committed, and its writer.
 
-    `tokenizer` is a `tokenizers.Tokenizer`, its JSON text, or a path to a tokenizer.json.
+    `tokenizer` is a `tokenizers.Tokenizer`, its JSON text, or a path to a tokenizer.json. `layout` says how
+    tensors are stored (sharded by default, uncompressed; see `Layout`).
     """
     if not isinstance(model_config, dict):
         raise UsageError("model_config must be a dict of HF LlamaConfig fields (or the model's own HF config)")
@@ -52,7 +53,8 @@ def create(location: str | os.PathLike, model_config: dict, tokenizer=None, trai
     root = zarr.open_group(session.store, mode="a")
     root.attrs.update({
         "workbench": {"format_version": FORMAT_VERSION, "code_version": code_version(),
-                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "layout": layout.to_attrs()},
         "model_config": json.loads(json.dumps(model_config)),
         "train_config": json.loads(json.dumps(train_config)) if train_config is not None else None,
     })
@@ -87,11 +89,14 @@ class RunWriter:
             raise UsageError(f"step must be a non-negative integer, got {step!r}")
         step = int(step)
         session = self.repo.writable_session("main")
+        attrs = zarr.open_group(session.store, mode="r", **V3).attrs.asdict()
+        config = attrs.get("model_config") or {}
         if self.validate is not None:
-            config = zarr.open_group(session.store, mode="r").attrs.get("model_config") or {}
             self.validate({k: tuple(v.shape) for k, v in state_dict.items()}, config, True)
             self.validate = None  # the run's layout is fixed by then: later steps are checked against it
-        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, tables or {}))
+        layout = Layout.from_attrs(attrs.get("workbench", {}).get("layout"))
+        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, tables or {},
+                    {"layout": layout, "head_dim": head_dim_of(config)}))
         snapshot = self._commit(session, f"checkpoint step {step}", {"step": step})
         self._tag(step, snapshot)
         return snapshot
@@ -151,12 +156,12 @@ class RunWriter:
 
 
 async def _stage(store, step: int, state_dict, optimizer_state: OptimizerState | None, overwrite: bool,
-                 tables: Tables) -> None:
+                 tables: Tables, layout: dict) -> None:
     params = await TensorGroup.open(store, PARAMS, create=True)
-    await params.write(step, state_dict, overwrite=overwrite)
+    await params.write(step, state_dict, overwrite=overwrite, **layout)
     for slot, tensors in _slots(optimizer_state or {}).items():
         group = await TensorGroup.open(store, f"{OPTIMIZER}/{slot}", create=True)
-        await group.write(step, tensors, overwrite=overwrite)
+        await group.write(step, tensors, overwrite=overwrite, **layout)
     for path, rows in tables.items():
         await append_rows(store, path, rows)
 
