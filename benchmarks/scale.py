@@ -57,7 +57,8 @@ def states(cfg: dict, layers: int, steps: int):
         yield i * 1000, sd
 
 
-def write_all(root: Path, cfg: dict, layers: int, steps: int) -> dict[str, Path]:
+def write_all(root: Path, cfg: dict, layers: int, steps: int) -> tuple[dict[str, Path], list[Path]]:
+    """The three formats written; and the manifest files of the sharded run written by its last commit."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -68,12 +69,15 @@ def write_all(root: Path, cfg: dict, layers: int, steps: int) -> dict[str, Path]
     writers = [store.create(where["sharded"], model_config),
                store.create(where["whole tensors"], model_config, layout=store.Layout(sharded=False, compression="lz4"))]
     where["safetensors"].mkdir()
-    for step, sd in tqdm(states(cfg, layers, steps), total=steps, desc="write", leave=False):
+    manifests = where["sharded"] / "manifests"
+    for i, (step, sd) in enumerate(tqdm(states(cfg, layers, steps), total=steps, desc="write", leave=False)):
+        if i == steps - 1:
+            earlier = set(manifests.iterdir())
         for w in writers:
             w.write_checkpoint(step, sd)
         save_file(sd, where["safetensors"] / f"step-{step:08d}.safetensors")
     os.sync()
-    return where
+    return where, sorted(set(manifests.iterdir()) - earlier)
 
 
 # Readers: each opens the run or files itself and returns the values asked for, [step, ...].
@@ -209,7 +213,7 @@ def bench(args) -> None:
           + ("dropped before each cold call" if cold_ok else "not droppable: warm only")
           + f"; load average at start {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="wb-bench-scale-") as tmp:
-        where = write_all(Path(tmp), cfg, args.layers, args.steps)
+        where, last_manifests = write_all(Path(tmp), cfg, args.layers, args.steps)
         readers = {"one head of q_proj": {"sharded": wb_head, "whole tensors": wb_head, "safetensors": st_head},
                    "one MLP neuron (gate, up, down)": {"sharded": wb_neuron, "whole tensors": wb_neuron,
                                                        "safetensors": st_neuron}}
@@ -219,8 +223,7 @@ def bench(args) -> None:
             if not all(np.array_equal(results["safetensors"], r) for r in results.values()):
                 raise AssertionError(f"the formats disagree on {read}")
             rows += [measure(read, fmt, fn, where[fmt], width, args.reps, cold_ok) for fmt, fn in fns.items()]
-        manifests = where["sharded"] / "manifests"
-        manifest_bytes = sum(p.stat().st_size for p in manifests.iterdir())
+        manifest_bytes = sum(p.stat().st_size for p in last_manifests)
     print("| read | format | cold ms | warm ms | asked MB | store returned MB (× asked) | disk read, cold MB | requests |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -228,8 +231,9 @@ def bench(args) -> None:
         cold = "—" if r.cold_ms is None else f"{r.cold_ms:,.1f}"
         print(f"| {r.read} | {r.fmt} | {cold} | {r.warm_ms:,.1f} | {mb(r.asked)} | {mb(r.store_bytes)}{ratio} | "
               f"{mb(r.disk_bytes)} | {r.requests if r.requests is not None else '—'} |")
-    print(f"manifests of the sharded run: {manifest_bytes:,} bytes on disk for {args.steps} steps × "
-          f"{7 * args.layers} tensors (+ coordinates)")
+    shards = 7 * args.layers * args.steps
+    print(f"manifests of the sharded run's last snapshot: {len(last_manifests)} files, {manifest_bytes:,} bytes for "
+          f"{shards} shard references and the step coordinate ({manifest_bytes / shards:.0f} bytes per reference)")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
