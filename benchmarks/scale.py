@@ -27,6 +27,8 @@ from time import perf_counter
 import numpy as np
 import torch
 
+from store import drop_caches  # benchmarks/store.py, beside this script
+
 LLM_JP = {  # HF config fields of the public checkpoints (vocab padded as in their config.json)
     "LLM-jp-3 13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
                          num_key_value_heads=40, vocab_size=99584),
@@ -121,15 +123,6 @@ def st_neuron(path: Path, width: int):
             out.append(torch.stack([fh.get_slice(name.format("gate"))[NEURON], fh.get_slice(name.format("up"))[NEURON],
                                     fh.get_slice(name.format("down"))[:, NEURON]]))
     return torch.stack(out).float().numpy()
-
-
-def drop_caches() -> bool:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def disk_reads() -> int:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 import workbench
 from workbench.analysis import analyze
 from workbench.analysis.weights import STATISTICS, effective_rank, powerlaw_fit
+from workbench.store.tensors import TensorGroup
 from workbench.store.verify import checkpoint_distances
 
 STEPS = (0, 10, 20)
@@ -111,6 +115,35 @@ def test_coordinates_name_layers_and_shapes(runs):
     assert int(q["layer"]) == 2 and str(q["template"].values) == "model.layers.{layer}.self_attn.k_proj.weight"
     assert (int(q["rows"]), int(q["cols"])) == (16, 32)  # 2 kv heads x head_dim 8, hidden 32
     assert int(ds.sel(param="lm_head.weight")["layer"]) == -1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_checkpoint_larger_than_the_cache_is_read_one_tensor_at_a_time(runs, dtype, tmp_path, monkeypatch):
+    """A worker whose cache cannot hold a checkpoint (a 172B model's is 345 GB) reads one matrix of one layer
+    at a time, and computes the numbers it computes from a cached checkpoint; one that can holds it whole."""
+    path = tmp_path / "run"
+    shutil.copytree(runs[dtype], path)
+    layers_read = []
+    read_array = TensorGroup.read_array
+
+    async def counting(self, name, arr, step, idx, layers=slice(None)):
+        out = await read_array(self, name, arr, step, idx, layers)
+        if "layer" in arr.metadata.dimension_names:
+            layers_read.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(TensorGroup, "read_array", counting)
+    monkeypatch.setenv("WORKBENCH_ANALYSIS_CACHE_MB", "0")
+    analyze(path, ["weights"], workers=0, progress=False, recompute=True)
+    assert layers_read and set(layers_read) == {1}
+    cached = workbench.open(runs[dtype]).results("weights").load()
+    xr.testing.assert_equal(workbench.open(path).results("weights").load(), cached)
+
+    layers_read.clear()
+    monkeypatch.setenv("WORKBENCH_ANALYSIS_CACHE_MB", "64")
+    analyze(path, ["weights"], workers=0, progress=False, recompute=True)
+    assert set(layers_read) == {workbench.open(path).model_config["num_hidden_layers"]}
+    xr.testing.assert_equal(workbench.open(path).results("weights").load(), cached)
 
 
 def test_powerlaw_fit_equals_the_plain_loop_and_recovers_a_known_exponent():

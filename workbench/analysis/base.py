@@ -206,15 +206,18 @@ class StepContext:
     def parameters(self, step: int | None = None) -> dict[str, "torch.Tensor"]:
         """Every parameter of the checkpoint at `step` (default: this task's) as float32, stacked by template:
         `[layer, *tensor]` for `{layer}` names, `[1, *tensor]` otherwise (bfloat16 widened exactly). Kept by
-        the worker: the weights analysis reads steps t, t-1 and 0 for every t."""
+        the worker when it fits the cache (`WORKBENCH_ANALYSIS_CACHE_MB`); see `matrices` for models that do not."""
         return self.state.parameters(self.run, self.step if step is None else int(step))
 
-    def matrices(self, template: str, step: int | None = None) -> "torch.Tensor":
-        """One stacked parameter from `parameters(step)`, by template (`model.layers.{layer}.mlp.up_proj.weight`)."""
-        params = self.parameters(step)
-        if template not in params:
-            raise UsageError(f"no parameter {template!r} in {self.run.location}; templates: {', '.join(sorted(params))}")
-        return params[template]
+    def matrices(self, template: str, step: int | None = None, layers: slice = slice(None)) -> "torch.Tensor":
+        """One parameter as `parameters(step)` has it, by template (`model.layers.{layer}.mlp.up_proj.weight`),
+        only `layers` of it: from the worker's cached checkpoint when a whole one fits the cache
+        (`WORKBENCH_ANALYSIS_CACHE_MB`), else read alone — a model larger than a worker's memory is analysed
+        one tensor at a time this way (`layers=slice(i, i + 1)`)."""
+        arrays = self.run.parameter_arrays
+        if template not in arrays:
+            raise UsageError(f"no parameter {template!r} in {self.run.location}; templates: {', '.join(sorted(arrays))}")
+        return self.state.matrices(self.run, self.step if step is None else int(step), template, layers)
 
     def model(self, step: int | None = None) -> "torch.nn.Module":
         """The model of `step` (default: the task's) on the task's device, float32, eval mode: the in-repo

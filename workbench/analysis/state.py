@@ -8,6 +8,7 @@ data) changes the snapshot, so nothing read before it can answer for it. On Dask
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -53,6 +54,13 @@ class WorkerState:
         """`StepContext.parameters`: the checkpoint at `step` as float32 tensors stacked by template."""
         return self.params.get((run.location, run.snapshot, step), lambda: read_parameters(run, step))
 
+    def matrices(self, run: "Run", step: int, template: str, layers: slice) -> "torch.Tensor":
+        """`StepContext.matrices`: sliced from the cached checkpoint when a whole one fits the cache, else
+        read alone (only `layers`) and not kept, so that a worker needs memory for one tensor, not a model."""
+        if checkpoint_nbytes(run) <= self.params.budget:
+            return self.parameters(run, step)[template][layers]
+        return as_float32(template, run.checkpoint(step).array(template, layers))
+
     def model(self, run: "Run", step: int, device: str) -> "torch.nn.Module":
         """The model of `step` (float32, eval mode): one at a time, as tasks come in step order."""
         import torch
@@ -93,11 +101,20 @@ class WorkerState:
 def read_parameters(run: "Run", step: int) -> dict[str, "torch.Tensor"]:
     """Every parameter of `step` by template, floating-point ones as float32 (bfloat16 widened exactly):
     `[layer, ...]` for `{layer}` templates, `[1, ...]` otherwise."""
-    out = {}
-    for template, t in run.checkpoint(step).stacked().items():  # StepNotFound / CorruptData name the problem
-        t = t.float() if t.is_floating_point() else t
-        out[template] = t if "{layer}" in template else t.unsqueeze(0)
-    return out
+    stacked = run.checkpoint(step).stacked()  # StepNotFound / CorruptData name the problem
+    return {template: as_float32(template, t) for template, t in stacked.items()}
+
+
+def as_float32(template: str, t: "torch.Tensor") -> "torch.Tensor":
+    """A parameter as `StepContext.parameters` gives it: floating point widened to float32, `[1, ...]` unless
+    its template is stacked by layer."""
+    t = t.float() if t.is_floating_point() else t
+    return t if "{layer}" in template else t.unsqueeze(0)
+
+
+def checkpoint_nbytes(run: "Run") -> int:
+    """Bytes of one checkpoint as `read_parameters` returns it (float32)."""
+    return sum(math.prod(a.shape[1:]) * 4 for a in run.parameter_arrays.values())
 
 
 class LRU:

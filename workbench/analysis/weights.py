@@ -22,9 +22,13 @@ checkpoints were compared. (Whole-model distances between checkpoints: `workbenc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import zarr
 
 from workbench.analysis.base import Analysis, StepContext
 from workbench.analysis.registry import register
@@ -67,15 +71,15 @@ class Weights(Analysis):
         init, prev = ctx.init_step, ctx.prev_step
         names, layers, templates, rows, cols = [], [], [], [], []
         columns: dict[str, list[np.ndarray]] = {v: [] for v in VARIABLES}
-        params, first = ctx.parameters(), ctx.parameters(init)
-        before = ctx.parameters(prev) if prev is not None else None
-        for template in matrix_templates(params):
-            w, w0 = params[template], first[template]  # [layer, out, in]
-            wp = before[template] if before is not None else None
-            for v, values in matrix_statistics(w, w0, wp, self.params.min_tail).items():
-                columns[v].append(values)
+        arrays = ctx.run.parameter_arrays
+        for template in matrix_templates(arrays):
             stacked = "{layer}" in template
-            for i in range(w.shape[0]):
+            for i in range(arrays[template].shape[1] if stacked else 1):  # one matrix at a time: see `matrices`
+                one = slice(i, i + 1)
+                w, w0 = ctx.matrices(template, layers=one), ctx.matrices(template, init, one)  # [1, out, in]
+                wp = ctx.matrices(template, prev, one) if prev is not None else None
+                for v, values in matrix_statistics(w, w0, wp, self.params.min_tail).items():
+                    columns[v].append(values)
                 names.append(template.format(layer=i) if stacked else template)
                 layers.append(i if stacked else -1)
                 templates.append(template)
@@ -103,10 +107,11 @@ class Weights(Analysis):
         return pd.DataFrame({v: ds[v].mean("param").to_series() for v in STATISTICS})
 
 
-def matrix_templates(params: dict[str, torch.Tensor]) -> list[str]:
-    """Templates of the 2-D parameters among `StepContext.parameters()` (`[layer, out, in]`: 3 dims), in
-    model order (unstacked first, then per-layer names)."""
-    out = [t for t, w in params.items() if w.ndim == 3 and w.is_floating_point()]
+def matrix_templates(arrays: dict[str, "zarr.Array"]) -> list[str]:
+    """Templates of the floating-point 2-D parameters among a run's `parameter_arrays` (`[step, (layer), out,
+    in]`), in model order (unstacked first, then per-layer names)."""
+    out = [t for t, a in arrays.items()
+           if a.ndim - 1 - ("{layer}" in t) == 2 and "float" in a.attrs["dtype"]]
     return sorted(out, key=lambda t: ("{layer}" in t, t))
 
 

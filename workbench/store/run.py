@@ -19,7 +19,7 @@ from zarr.core.sync import sync
 from workbench.errors import MissingData, RunNotFound, StepNotFound, UsageError
 from workbench.store import results as results_io
 from workbench.store.layout import (DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, V3, Layout,
-                                    head_dim_of, parse_name)
+                                    head_dim_of, parse_name, to_torch)
 from workbench.store.storage import open_repository
 from workbench.store.tables import read as read_table
 from workbench.store.tensors import TensorGroup
@@ -59,7 +59,7 @@ class Run:
             raise RunNotFound(f"{self.location} is an Icechunk repository but not a workbench run "
                               "(no 'workbench' attribute at its root)")
         self._params = sync(TensorGroup.open(self.store, PARAMS))
-        for cached in ("tokenizer", "_order"):
+        for cached in ("tokenizer", "_order", "parameter_arrays"):
             self.__dict__.pop(cached, None)
         return self
 
@@ -106,7 +106,7 @@ class Run:
 
         return Tokenizer.from_str(bytes(arr[:]).decode("utf-8"))
 
-    @property
+    @cached_property
     def parameter_arrays(self) -> dict[str, zarr.Array]:
         """Stacked parameter arrays by template name (`model.layers.{layer}.mlp.up_proj.weight`)."""
         if self._params is None:
@@ -273,6 +273,16 @@ class Checkpoint:
     def optimizer_state(self) -> dict[str, dict[str, torch.Tensor]] | None:
         """AdamW state per parameter name (`exp_avg`, `exp_avg_sq`, `step`), or None when not stored."""
         return sync(_read_optimizer(self.run.store, self.step))
+
+    def array(self, template: str, layers: slice = slice(None)) -> torch.Tensor:
+        """One parameter by template in its stored dtype, reading only what is asked: `[layer, ...]` of
+        `layers` for a `{layer}` template (one shard per layer), else the tensor."""
+        arrays = self.run.parameter_arrays
+        if template not in arrays:
+            raise UsageError(f"no parameter {template!r} in {self.run.location}; templates: {', '.join(sorted(arrays))}")
+        arr, group = arrays[template], self.run._params
+        values = sync(group.read_array(arr.basename, arr.async_array, self.step, group.index(self.step), layers))
+        return to_torch(values, arr.attrs["dtype"])
 
     def stacked(self) -> dict[str, torch.Tensor]:
         """Parameters by template in their stored dtype: `[layer, ...]` for `{layer}` names, as stored (no copy per

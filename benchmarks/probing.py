@@ -1,7 +1,7 @@
 """Probes: the default fit (streamed statistics + closed-form ridge, every layer and task at once) against a loop
 of scikit-learn `LogisticRegression` per (layer, task) on the same features and split.
 
-    .venv/bin/python benchmarks/probes.py [--steps 600] [--tokens 12000] [--reps 3]
+    .venv/bin/python benchmarks/probing.py [--steps 600] [--tokens 12000] [--reps 3]
 
 1. A run of the project's own model is trained here (d_model 256, 4 layers, 4 heads, vocab 2048, sequence 128,
    `--steps` steps on the synthetic corpus) and its last checkpoint probed for the `script` and `language` tasks
@@ -22,16 +22,12 @@ import dataclasses
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)  # this file is named probes.py: the package `probes` must not resolve to it
 
 TOML = """
 [model]
