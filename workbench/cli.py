@@ -83,7 +83,7 @@ def info(run: RunArg, as_json: Annotated[bool, typer.Option("--json", help="prin
     typer.echo(f"run          {r.location}")
     typer.echo(f"checkpoints  {len(r.steps)}: {_steps_text(r.steps) or 'none'}")
     typer.echo(f"parameters   {n_params:,} in {len(r.parameter_arrays)} arrays")
-    typer.echo(f"layout       {'sharded' if r.layout.sharded else 'whole tensors'}, compression {r.layout.compression}")
+    typer.echo(f"layout       {r.layout.describe()}")
     if summary["bytes_on_disk"] is not None:
         typer.echo(f"on disk      {_size(summary['bytes_on_disk'])}")
     typer.echo(f"tokenizer    {'vocab ' + str(summary['tokenizer_vocab']) if r.tokenizer else 'none'}")
@@ -157,8 +157,7 @@ def repack(
 
     layout = _layout(compression, whole_tensors)
     new = run_repack(run, out, layout, progress=sys.stderr.isatty())
-    typer.echo(f"repacked {len(new.steps)} checkpoint(s) of {run} into {out} "
-               f"({'sharded' if layout.sharded else 'whole tensors'}, compression {layout.compression})")
+    typer.echo(f"repacked {len(new.steps)} checkpoint(s) of {run} into {out} ({layout.describe()})")
 
 
 @app.command()

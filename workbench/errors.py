@@ -67,6 +67,11 @@ class ReadFailed(WorkbenchError):
                          "(a disk or network problem?): try again")
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line of text (its type's name when it has none): the detail of a one-line error."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _where(array: str, step: int | None) -> str:
     return f"{array} at step {step}" if step is not None else array
 

@@ -74,11 +74,12 @@ def test_writers_racing_on_one_run(s3):
     assert run.steps == [0, 10] and "results/race/x" in run.root
     with pytest.raises(ConcurrentWrite, match="another process changed the same arrays"):
         with first.transaction("checkpoint 20 by a second writer") as session:
+            from workbench.store.layout import Layout
             from workbench.store.writer import _stage
 
             from zarr.core.sync import sync
 
-            sync(_stage(session.store, 20, models[20].state_dict(), None, False, {}, {}))
+            sync(_stage(session.store, 20, models[20].state_dict(), None, False, {}, Layout(), None))
             second.write_checkpoint(30, models[30].state_dict())
     run = workbench.open(location)
     assert run.steps == [0, 10, 30]

@@ -15,8 +15,9 @@ import torch
 
 from workbench.errors import CorruptData, IncompatibleCheckpoint, RunNotFound, UnsafeFormat, UsageError
 
+from workbench.store.layout import Layout
+
 if TYPE_CHECKING:
-    from workbench.store.layout import Layout
     from workbench.store.writer import Validator
 
 # Per-step folder names of public suites: Pythia `step1000`, HF Trainer `checkpoint-1000`, Megatron `iter_0001000`.
@@ -120,16 +121,15 @@ def config_difference(a: dict, b: dict) -> list[str]:
 
 def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: int | None = None,
               allow_pickle: bool = False, tokenizer: str | os.PathLike | None = None, overwrite: bool = False,
-              progress: bool = True, validate: "Validator | None" = None, layout: "Layout | None" = None) -> list[int]:
+              progress: bool = True, validate: "Validator | None" = None, layout: Layout = Layout()) -> list[int]:
     """Import HF checkpoint folders into the run at `out` (created, or appended to); returns the steps written.
-    A new run stores its tensors in `layout` (the default `Layout()` when None); an existing one keeps its own.
+    A new run stores its tensors in `layout`; an existing one keeps its own.
 
     Every file is checked before the first commit (with `validate`, its tensor shapes against the config too);
     each step is then one atomic commit.
     """
     from tqdm.auto import tqdm
 
-    from workbench.store.layout import Layout
     from workbench.store.run import Run
     from workbench.store.storage import local_path
     from workbench.store.writer import RunWriter, create
@@ -155,7 +155,7 @@ def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: in
     except RunNotFound:
         writer = create(out, model_config=config, tokenizer=_find_tokenizer(tokenizer, checkpoints),
                         train_config={"imported_from": [str(Path(s).absolute()) for s in sources]}, validate=validate,
-                        layout=layout or Layout())
+                        layout=layout)
     else:
         if diff := config_difference(run.model_config, config):
             raise IncompatibleCheckpoint(f"{out} holds a model with another config (differs in {diff})")

@@ -109,7 +109,7 @@ class Layout:
     `sharded`: one Zarr shard per tensor, with inner chunks along the axes researchers slice (see
     `inner_chunks`), so one head or one neuron reads without the rest of the tensor; otherwise one chunk per
     tensor (format 1). `compression`: `none` (the default: weights shrink by only ~12% under bit-shuffled
-    LZ4, which halves write speed) or `lz4`. Both keep a crc32c per chunk.
+    LZ4, which costs CPU on every write and read) or `lz4`. Both keep a crc32c per chunk.
     """
 
     sharded: bool = True
@@ -118,6 +118,9 @@ class Layout:
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSIONS:
             raise UsageError(f"compression {self.compression!r} is not known; use one of {', '.join(COMPRESSIONS)}")
+
+    def describe(self) -> str:
+        return f"{'sharded' if self.sharded else 'whole tensors'}, compression {self.compression}"
 
     def to_attrs(self) -> dict:
         return {"sharded": self.sharded, "compression": self.compression}

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import icechunk
 
-from workbench.errors import ReadFailed, RunNotFound, UsageError
+from workbench.errors import ReadFailed, RunNotFound, UsageError, first_line
 
 # Icechunk warns on every open of a local repository that concurrent commits are unsafe; the run store
 # already allows one committer per run (see ARCHITECTURE.md), so only errors are worth showing.
@@ -74,7 +74,7 @@ def repository_exists(storage: icechunk.Storage, location: str | os.PathLike) ->
 def _first_error(e: Exception) -> str:
     """The innermost cause Icechunk reports (its last `->` line), or its first line."""
     causes = [line.split("->", 1)[1].strip() for line in str(e).splitlines() if "->" in line]
-    return causes[-1] if causes else (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return causes[-1] if causes else first_line(e)
 
 
 def check_new_location(location: str | os.PathLike) -> None:

@@ -18,7 +18,7 @@ from zarr.core.group import AsyncGroup
 
 import icechunk
 
-from workbench.errors import CorruptData, IncompatibleCheckpoint, ReadFailed, StepExists, StepNotFound
+from workbench.errors import CorruptData, IncompatibleCheckpoint, ReadFailed, StepExists, StepNotFound, first_line
 from workbench.store import chunks, shards
 from workbench.store.layout import (STEP, TENSORS, V3, Key, Layout, array_codecs, dims_for, encode_dtype,
                                     parse_name, to_numpy, to_torch)
@@ -255,13 +255,9 @@ class TensorGroup:
         try:
             yield
         except FETCH_ERRORS as e:
-            raise ReadFailed(path, step, where + _first_line(e)) from e
+            raise ReadFailed(path, step, where + first_line(e)) from e
         except DECODE_ERRORS as e:
-            raise CorruptData(path, step, where + _first_line(e)) from e
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CorruptData(path, step, where + first_line(e)) from e
 
 
 def _check_compatible(have: dict[str, Spec], new: dict[str, Spec]) -> None:

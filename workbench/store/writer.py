@@ -95,8 +95,8 @@ class RunWriter:
             self.validate({k: tuple(v.shape) for k, v in state_dict.items()}, config, True)
             self.validate = None  # the run's layout is fixed by then: later steps are checked against it
         layout = Layout.from_attrs(attrs.get("workbench", {}).get("layout"))
-        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, tables or {},
-                    {"layout": layout, "head_dim": head_dim_of(config)}))
+        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, tables or {}, layout,
+                    head_dim_of(config)))
         snapshot = self._commit(session, f"checkpoint step {step}", {"step": step})
         self._tag(step, snapshot)
         return snapshot
@@ -156,12 +156,12 @@ class RunWriter:
 
 
 async def _stage(store, step: int, state_dict, optimizer_state: OptimizerState | None, overwrite: bool,
-                 tables: Tables, layout: dict) -> None:
+                 tables: Tables, layout: Layout, head_dim: int | None) -> None:
     params = await TensorGroup.open(store, PARAMS, create=True)
-    await params.write(step, state_dict, overwrite=overwrite, **layout)
+    await params.write(step, state_dict, overwrite, layout, head_dim)
     for slot, tensors in _slots(optimizer_state or {}).items():
         group = await TensorGroup.open(store, f"{OPTIMIZER}/{slot}", create=True)
-        await group.write(step, tensors, overwrite=overwrite, **layout)
+        await group.write(step, tensors, overwrite, layout, head_dim)
     for path, rows in tables.items():
         await append_rows(store, path, rows)
 
