@@ -39,6 +39,7 @@ class Probes(Analysis):
     name = "probes"
     kind = "forward"
     reads_eval_set = False  # its texts are the tasks'
+    reads_tables = ("data/documents", "data/facts")  # the built-in tasks' texts and labels
     dims = ("layer", "task", "class", "dim")
     description = "linear probes of every layer for every task, with control tasks (see probes/analysis.py)"
     summary_vars = ("accuracy", "selectivity", "transfer_accuracy")
@@ -85,9 +86,9 @@ class Probes(Analysis):
                 file = read_file(task)  # read here, in the driver: the workers need not see the file
                 self.files[file.name] = file
 
-    def config(self) -> dict:
-        """The parameters, with each task file's content fingerprint (a changed file must be recomputed)."""
-        return {**super().config(), "files": {n: f.fingerprint for n, f in sorted(self.files.items())}}
+    def inputs(self, eval_set) -> dict[str, str]:
+        """Each task file's content fingerprint: the steps probed on a file that changed since are stale."""
+        return {f"file:{n}": f.fingerprint for n, f in sorted(self.files.items())}
 
     def task_names(self, run) -> list[str]:
         """The tasks to probe: built-ins expanded (`fact` is `fact_en` and `fact_ja`), files by name."""
@@ -115,7 +116,7 @@ class Probes(Analysis):
         p = self.params
         seq_len = forward.seq_len(ctx, p.seq_len)
         names = self.task_names(ctx.run)
-        sources = ctx.cached(("probes.sources", p, tuple(sorted(self.config()["files"].items()))),
+        sources = ctx.cached(("probes.sources", p, tuple(sorted(self.inputs(None).items()))),
                              lambda: build(ctx.run, names, self.files, p.max_tokens, p.pool, p.seed, seq_len))
         model = ctx.model()
         layers = n_layers(model) + 1

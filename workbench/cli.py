@@ -138,9 +138,11 @@ def export_hf(
 ):
     """Export one checkpoint as an HF folder that transformers' from_pretrained loads."""
     import workbench
+    from workbench.models.views import tokenizer_config
     from workbench.store.hf import export_hf as run_export
 
-    typer.echo(f"wrote {run_export(workbench.open(run), step, out)}")
+    r = workbench.open(run)
+    typer.echo(f"wrote {run_export(r, step, out, tokenizer_config(r) if r.tokenizer is not None else None)}")
 
 
 @app.command()
@@ -312,6 +314,7 @@ def results_cmd(
 
     import workbench
     from workbench.analysis import Analysis, registry
+    from workbench.analysis.provenance import stale_steps, summary
     from workbench.errors import StepNotFound
 
     r = workbench.open(run)
@@ -319,9 +322,13 @@ def results_cmd(
         found = r.stored_results()
         if not found:
             typer.echo(f"no results stored in {run}; compute them with `wb analyze {run}`")
+        stale = {n: stale_steps(r, n) for n in found}
         for n, info in found.items():
             params = json.dumps(info.analysis.get("params", {}), sort_keys=True)
-            typer.echo(f"{n:<16} {len(info.steps):>6} step(s): {_steps_text(info.steps)}  params {params}")
+            state = f"  stale: {summary(stale[n])}" if stale[n] else ""
+            typer.echo(f"{n:<16} {len(info.steps):>6} step(s): {_steps_text(info.steps)}  params {params}{state}")
+        if any(stale.values()):
+            typer.echo(f"stale steps read a checkpoint or table that has changed since; `wb analyze {run}` recomputes them")
         return
     ds = r.results(name)
     have = [int(s) for s in ds["step"].values]

@@ -191,12 +191,13 @@ def test_forward_analysis_gets_the_eval_set_from_a_file_or_the_held_out_split(ne
     ds = workbench.open(path).results("test_tokens")
     np.testing.assert_array_equal(ds["tokens"].values, [[7], [7]])  # one domain "all", 3 + 2 + 2 tokens
     assert ds.attrs["analysis"]["eval_set"]
-    # Another evaluation set, same analysis: refused unless recomputed.
+    # Another evaluation set: the stored steps are stale. Recomputing some of them would mix two evaluation sets
+    # in one group (refused); analysing every step recomputes them all, no flag needed.
     writer.append({"data/documents": {"document_id": [0, 1, 2], "text": ["the cat", "le chat sat", "the"],
                                       "domain": ["en", "fr", "en"], "split": ["heldout", "heldout", "train"]}}, "corpus")
-    with pytest.raises(ResultsMismatch, match="evaluation set"):
-        analyze(path, ["test_tokens"], workers=0)
-    assert analyze(path, ["test_tokens"], workers=0, recompute=True, progress=False) == {"test_tokens": [0, 10]}
+    with pytest.raises(ResultsMismatch, match="step 0, not among the steps asked for, was computed with another eval_set"):
+        analyze(path, ["test_tokens"], steps=[10], workers=0)
+    assert analyze(path, ["test_tokens"], workers=0, progress=False) == {"test_tokens": [0, 10]}
     ds = workbench.open(path).results("test_tokens")
     assert ds["domain"].values.tolist() == ["en", "fr"]
     np.testing.assert_array_equal(ds["tokens"].values, [[2, 3], [2, 3]])
@@ -213,10 +214,16 @@ def test_a_rerun_computes_only_what_is_missing(run_path):
     np.testing.assert_allclose(ds["total"].values, sums, rtol=1e-12)
     with pytest.raises(ResultsMismatch, match=r"parameters \{'scale': 1.0\}, not \{'scale': 2.0\}; pass --recompute"):
         run.analyze(["test_echo"], params={"test_echo": {"scale": 2.0}}, workers=0)
-    assert run.analyze(["test_echo"], steps=[10], params={"test_echo": {"scale": 2.0}}, workers=0, recompute=True,
-                       progress=False) == {"test_echo": [10]}
+    # Recomputing some steps with other parameters would mix two parameter sets in one group: refused, nothing lost.
+    with pytest.raises(ResultsMismatch, match=r"recomputing steps 10 with parameters \{'scale': 2.0\} would mix them "
+                                              r"with steps 0, 20, 30 computed with \{'scale': 1.0\}"):
+        run.analyze(["test_echo"], steps=[10], params={"test_echo": {"scale": 2.0}}, workers=0, recompute=True)
+    assert run.results("test_echo")["step"].values.tolist() == list(STEPS)
+    assert run.analyze(["test_echo"], params={"test_echo": {"scale": 2.0}}, workers=0, recompute=True,
+                       progress=False) == {"test_echo": list(STEPS)}
     ds = run.results("test_echo")
-    assert ds["step"].values.tolist() == [10] and ds.attrs["analysis"]["params"] == {"scale": 2.0}
+    assert ds["step"].values.tolist() == list(STEPS) and ds.attrs["analysis"]["params"] == {"scale": 2.0}
+    np.testing.assert_allclose(ds["total"].values, [2 * s for s in sums], rtol=1e-12)
 
 
 def test_results_are_committed_as_they_arrive(run_path):
@@ -224,13 +231,14 @@ def test_results_are_committed_as_they_arrive(run_path):
     commits = result_commits(run_path)[::-1]  # oldest first
     pairs = [(name, s) for c in commits for name, steps in c.items() for s in steps]
     assert sorted(pairs) == sorted((n, s) for n in ("test_echo", "weights") for s in STEPS)
-    assert len(commits) == 3  # 8 results, 3 per commit
+    assert all(len(c) == 1 for c in commits)  # one analysis per commit
+    assert len(commits) == 6  # 8 results flushed after the 3rd, 6th and 8th: each flush one commit per analysis
     code, out = wb("results", run_path)
     assert code == 0 and "test_echo" in out and "weights" in out and "4 step(s): 0, 10, 20, 30" in out
 
 
 def test_a_bad_result_fails_its_task_and_nothing_of_it_is_committed(run_path):
-    with pytest.raises(AnalysisFailed, match=r"1 of 4 task\(s\) failed .*test_broken at step 20: ValueError: .*'step'"):
+    with pytest.raises(AnalysisFailed, match=r"1 of 4 task\(s\) failed: test_broken at step\(s\) 20: ValueError: .*'step'"):
         analyze(run_path, ["test_broken"], workers=0, progress=False)
     assert workbench.open(run_path).results("test_broken")["step"].values.tolist() == [0, 10, 30]
 
@@ -295,7 +303,7 @@ def test_a_corrupt_chunk_fails_only_the_steps_that_read_it(new_run, hf_state_dic
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x5A
     chunk.write_bytes(bytes(data))
-    with pytest.raises(AnalysisFailed, match=r"weights at step 10: CorruptData: corrupt data in "
+    with pytest.raises(AnalysisFailed, match=r"weights at step\(s\) 10: CorruptData: corrupt data in "
                                              r"params/model.layers.self_attn.q_proj.weight at step 10"):
         analyze(path, ["weights"], workers=0, progress=False)
     assert workbench.open(path).results("weights")["step"].values.tolist() == [0]

@@ -19,8 +19,11 @@ The runner calls `compute` once per (analysis, step), in a Dask worker process o
 the Datasets under `results/<name>` with a `step` dimension. Every data variable must say what it is: a
 `description` (or `long_name`) attribute, and `units` where it has any.
 
-Stored results are reused when what they depend on is unchanged: the parameters, and the evaluation set for
-analyses that read one (`reads_eval_set`, true for forward analyses unless they say otherwise).
+Each stored step records what it read (`workbench.analysis.provenance`): the checkpoints (`reads_checkpoints`:
+the step, and "prev" or "init" for analyses comparing with them), the run tables (`reads_tables`, read whole;
+`reads_tables_upto`, rows up to the step), the evaluation set for analyses that read one (`reads_eval_set`,
+true for forward analyses unless they say otherwise) and the files of `inputs()`. A stored step is reused while
+all of that is unchanged, and computed again when any of it changed; other parameters need `recompute`.
 
 Forward analyses (`kind = "forward"`) get, with no code of their own: the check that the run has a
 tokenizer and (when `reads_eval_set`) an evaluation set, else a one-line error naming `--eval-data FILE`;
@@ -80,6 +83,9 @@ class Analysis:
     dims: ClassVar[tuple[str, ...]] = ()
     summary_vars: ClassVar[tuple[str, ...]] = ()  # the variables `wb results` shows (default: every numeric one)
     reads_eval_set: ClassVar[bool | None] = None  # None: forward analyses read it, weight analyses do not
+    reads_checkpoints: ClassVar[tuple[str, ...]] = ("step",)  # of "step", "prev", "init": what one step reads
+    reads_tables: ClassVar[tuple[str, ...]] = ()  # run tables read whole (`data/documents`, ...)
+    reads_tables_upto: ClassVar[tuple[str, ...]] = ()  # tables read up to the step (`data/order`)
 
     @dataclass(frozen=True)
     class Params:
@@ -103,6 +109,12 @@ class Analysis:
     def config(self) -> dict[str, Any]:
         """The parameters as a JSON-able dict (stored with the results; a re-run must use the same)."""
         return json.loads(json.dumps(dataclasses.asdict(self.params)))
+
+    def inputs(self, eval_set: "EvalSet | None") -> dict[str, str]:
+        """Fingerprints of what the results read from outside the run: the evaluation set (when the analysis
+        reads one); override to add the files it reads. (Checkpoints and run tables come from the class
+        variables `reads_checkpoints`, `reads_tables` and `reads_tables_upto`.)"""
+        return {"eval_set": eval_set.fingerprint} if self.needs_eval_set() and eval_set is not None else {}
 
     def check(self, run: "Run", eval_set: "EvalSet | None") -> None:
         """Raise `UsageError` (a bad parameter) or `MissingData` (the run lacks what this analysis needs);

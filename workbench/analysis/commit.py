@@ -1,6 +1,7 @@
 """The one commit loop of an `analyze` call: finished results are buffered and appended to the run every
-`every` results or `interval` seconds, each time as one Icechunk commit (under the run's commit lock,
-rebased over a trainer's concurrent checkpoints). A killed driver loses only uncommitted results."""
+`every` results or `interval` seconds, one Icechunk commit per analysis (under the run's commit lock, rebased
+over a trainer's concurrent checkpoints), each step with its provenance. A commit that fails costs only that
+analysis' buffered steps, which are reported as failed; a killed driver loses only uncommitted results."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class Committer:
         self.every, self.interval = every, interval
         self.buffer: dict[str, list] = {a.name: [] for a in plan.analyses}
         self.committed: dict[str, list[int]] = {a.name: [] for a in plan.analyses}
+        self.failed: list[tuple[str, int, BaseException]] = []  # (analysis, step, why its commit failed)
+        self.provenance = plan.provenance
         self.oldest: float | None = None
 
     @property
@@ -39,8 +42,9 @@ class Committer:
     def n_committed(self) -> int:
         return sum(len(c) for c in self.committed.values())
 
-    def add(self, analysis: "Analysis", ds: "xr.Dataset") -> None:
-        self.buffer[analysis.name].append(ds)
+    def add(self, analysis: "Analysis", step: int, ds: "xr.Dataset") -> None:
+        coords = self.provenance[analysis.name][step].coords()
+        self.buffer[analysis.name].append(ds.assign_coords({k: ("step", [v]) for k, v in coords.items()}))
         if self.oldest is None:
             self.oldest = time.monotonic()
 
@@ -54,22 +58,26 @@ class Committer:
         return n >= self.every or (n > 0 and self.seconds_to_due() <= 0)
 
     def flush(self) -> None:
+        """Commit every analysis' buffered steps, one commit each; a failure is recorded in `failed`."""
+        for name, batch in self.buffer.items():
+            if batch:
+                self._commit(name, sorted(batch, key=lambda d: int(d["step"].values[0])))
+                self.buffer[name] = []
+        self.oldest = None
+
+    def _commit(self, name: str, batch: list["xr.Dataset"]) -> None:
         import xarray as xr
 
-        names = [n for n, b in self.buffer.items() if b]
-        if not names:
+        steps = [int(d["step"].values[0]) for d in batch]
+        try:
+            ds = xr.concat(batch, dim="step", coords="minimal", compat="equals", join="exact")
+            update = Update(ds, self.attrs[name], self.analyses[name].description, self.replace[name])
+            self.writer.write_results({name: update}, f"results {name} steps {_compact(steps)}", {"results": {name: steps}})
+        except Exception as e:  # noqa: BLE001 - reported as this analysis' failure; the others go on
+            self.failed += [(name, s, e) for s in steps]
             return
-        batches = {n: sorted(self.buffer[n], key=lambda d: int(d["step"].values[0])) for n in names}
-        steps = {n: [int(d["step"].values[0]) for d in batches[n]] for n in names}
-        updates = {n: Update(xr.concat(batches[n], dim="step", coords="minimal", compat="override", join="exact"),
-                             self.attrs[n], self.analyses[n].description, self.replace[n]) for n in names}
-        message = "; ".join(f"results {n} steps {_compact(steps[n])}" for n in names)
-        self.writer.write_results(updates, message, {"results": steps})
-        for n in names:
-            self.replace[n] = False
-            self.committed[n] += steps[n]
-            self.buffer[n] = []
-        self.oldest = None
+        self.replace[name] = False
+        self.committed[name] += steps
 
 
 def _compact(steps: list[int]) -> str:

@@ -52,6 +52,8 @@ class Memorization(Analysis):
     name = "memorization"
     kind = "forward"
     reads_eval_set = False  # its sequences come from the training corpus
+    reads_tables = (DOCUMENTS, CANARIES)
+    reads_tables_upto = (ORDER,)  # times seen up to the step
     dims = ("sequence", "position")
     description = ("greedy completion of canaries and sampled training sequences, with how often and how "
                    "recently each was seen (see workbench/analysis/memorization.py)")

@@ -1,12 +1,14 @@
 """`analyze`: plan (`workbench.analysis.plan`), execute (`workbench.analysis.executors`) and commit
 (`workbench.analysis.commit`), with a progress bar.
 
-Only the driver commits. Failed tasks are not committed; the others are, and `AnalysisFailed` names what
-failed. A re-run computes only the (analysis, step) pairs not stored yet.
+Only the driver commits, one commit per analysis. Failed tasks (and results whose commit failed) are not
+stored; the others are, and `AnalysisFailed` names which analysis failed at which steps. A re-run computes only
+the (analysis, step) pairs not stored yet or whose inputs changed since (`workbench.analysis.provenance`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -14,10 +16,13 @@ from workbench.analysis.base import AnalysisFailed
 from workbench.analysis.commit import Committer
 from workbench.analysis.executors import DaskExecutor, LocalExecutor, check_scheduler_address
 from workbench.analysis.plan import make_plan
+from workbench.analysis.provenance import summary
 from workbench.errors import UsageError
 
 if TYPE_CHECKING:
     from workbench.store.run import Run
+
+log = logging.getLogger(__name__)
 
 COMMIT_EVERY = 16
 COMMIT_INTERVAL = 10.0
@@ -31,8 +36,9 @@ def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: 
     """Compute `names` (default: every registered analysis) at `steps` (default: all) of `run` and commit
     the results under `results/<name>`; returns {name: steps computed now}.
 
-    Pairs already stored are skipped (`recompute=True` computes them again and replaces them, keeping the
-    other stored steps when they were computed with the same parameters and evaluation set). `params` =
+    Pairs already stored are skipped unless what they read has changed (a checkpoint overwritten, a table or
+    the evaluation set changed: they are recomputed, and a warning says how many and why). `recompute=True`
+    computes the chosen steps again; it never drops stored steps outside them. `params` =
     {name: {parameter: value}}; `eval_data` = a file for forward analyses (default: the run's held-out
     documents). `workers=0` runs here without Dask; `scheduler` uses an existing Dask cluster.
     """
@@ -42,6 +48,9 @@ def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: 
     _check_options(workers, scheduler, device, commit_every, commit_interval, retries)
     run = Run(run.location if isinstance(run, Run) else run)  # the newest snapshot, read once
     plan = make_plan(run, names, steps, params, eval_data, recompute)
+    for name, stale in plan.stale.items():
+        if stale:
+            log.warning(f"{name}: recomputing {summary(stale)} whose inputs changed since they were stored")
     if not plan.tasks:
         return {a.name: [] for a in plan.analyses}
     executor = LocalExecutor() if workers == 0 else DaskExecutor(workers, scheduler, retries)
@@ -54,20 +63,16 @@ def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: 
             for outcome in executor.outcomes(plan, device, committer.seconds_to_due):
                 if outcome is not None:
                     if outcome.error is None:
-                        committer.add(outcome.analysis, outcome.result)
+                        committer.add(outcome.analysis, outcome.step, outcome.result)
                     else:
                         failures.append((outcome.analysis.name, outcome.step, outcome.error))
                     bar.update(1)
                 if committer.due():
                     committer.flush()
                 bar.set_postfix(committed=committer.n_committed, refresh=False)
+        finally:  # keep what is finished, also on Ctrl-C or a lost scheduler
             committer.flush()
-        except BaseException:
-            try:  # keep what is finished (Ctrl-C, a lost scheduler), then fail
-                committer.flush()
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                pass
-            raise
+    failures += committer.failed
     if failures:
         raise _failed(failures, len(plan))
     return {name: sorted(done) for name, done in committer.committed.items()}
@@ -91,11 +96,18 @@ def _check_options(workers, scheduler, device, commit_every, commit_interval, re
 
 
 def _failed(failures: list[tuple[str, int, BaseException]], total: int) -> AnalysisFailed:
+    """One line: each failed analysis with its steps and first error; the rest is stored."""
     def why(e: BaseException) -> str:
         text = str(e).splitlines()[0] if str(e) else ""
         return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
-    shown = "; ".join(f"{n} at step {s}: {why(e)}" for n, s, e in failures[:3])
-    more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
-    return AnalysisFailed(f"{len(failures)} of {total} task(s) failed after retries, the others are committed "
-                          f"(re-run to retry the failed ones): {shown}{more}")
+    by_name: dict[str, list[tuple[int, BaseException]]] = {}
+    for name, step, error in failures:
+        by_name.setdefault(name, []).append((step, error))
+    parts = []
+    for name, failed in by_name.items():
+        steps = sorted(s for s, _ in failed)
+        shown = ", ".join(map(str, steps[:6])) + (f", ... ({len(steps)} steps)" if len(steps) > 6 else "")
+        parts.append(f"{name} at step(s) {shown}: {why(failed[0][1])}")
+    return AnalysisFailed(f"{len(failures)} of {total} task(s) failed: {'; '.join(parts)}; every other result is "
+                          "stored (re-run to retry the failed ones)")

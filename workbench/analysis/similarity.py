@@ -39,6 +39,7 @@ def normalized_grams(xs: list[torch.Tensor]) -> torch.Tensor:
 class Similarity(Analysis):
     name = "similarity"
     kind = "forward"
+    reads_checkpoints = ("step", "prev")  # cka_prev
     dims = ("layer", "other_layer")
     description = "linear CKA between layers and with the previous checkpoint (see workbench/analysis/similarity.py)"
 

@@ -58,6 +58,7 @@ STATISTICS = [v for v in VARIABLES if not v.startswith("alpha_")]
 class Weights(Analysis):
     name = "weights"
     kind = "weights"
+    reads_checkpoints = ("step", "prev", "init")  # dist_to_prev, dist_to_init
     dims = ("param",)
     description = "spectral and trajectory statistics of every weight matrix (see workbench/analysis/weights.py)"
 

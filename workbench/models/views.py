@@ -243,6 +243,17 @@ def nnsight_model(checkpoint: "Checkpoint", device=None, dtype=None):
         return nnsight.LanguageModel(model, tokenizer=tokenizer)
 
 
+def tokenizer_config(run: "Run") -> dict:
+    """`tokenizer_config.json` for an export of the run, so that tools given only the folder (lm-evaluation-harness'
+    `HFLM` takes its prefix token from it) see what the workbench sees: the special tokens the model config names
+    (as `hf_tokenizer` reads them), the context length, no space clean-up on decoding, and a class that
+    transformers 4 loads too."""
+    config = run.model_config
+    max_len = config.get("max_position_embeddings") or config.get("n_positions")
+    return {"tokenizer_class": "PreTrainedTokenizerFast", **hf_tokenizer(run).special_tokens_map,
+            "clean_up_tokenization_spaces": False, **({"model_max_length": max_len} if max_len else {})}
+
+
 def hf_tokenizer(run: "Run", add_bos_token: bool = False):
     """The run's tokenizer as a `transformers.PreTrainedTokenizerFast` (None when the run has none), with
     special tokens from the model config's ids (or the workbench's own `<|endoftext|>` and `<|pad|>`)."""

@@ -33,7 +33,28 @@ class HFCheckpoint:
 
     @property
     def config(self) -> dict:
-        return json.loads((self.folder / "config.json").read_text())
+        return read_json_object(self.folder / "config.json", "an HF config.json holds one")
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in `path` (UTF-8, a leading BOM allowed, as the corpus readers allow it); anything else is
+    a `UsageError` naming the file and line, so that an import fails before it writes."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line, start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
+        raise UsageError(f"{path}:{line}: invalid UTF-8 at byte {e.start - start} of the line") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: not a JSON object ({what})")
+    return value
 
 
 def find_checkpoints(sources: list[str | os.PathLike], step: int | None = None) -> list[HFCheckpoint]:
@@ -71,8 +92,7 @@ def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
     for index, single in (("model.safetensors.index.json", "model.safetensors"),
                           ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         if (folder / index).exists():
-            files = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
-            paths = [folder / f for f in files]
+            paths = [folder / f for f in _indexed_files(folder / index)]
         elif (folder / single).exists():
             paths = [folder / single]
         else:
@@ -82,6 +102,14 @@ def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
                                "them with torch.load(weights_only=True), or convert them to safetensors")
         return paths
     raise UsageError(f"{folder} has no model.safetensors, sharded index or pytorch_model.bin")
+
+
+def _indexed_files(index: Path) -> list[str]:
+    """The weight files a sharded checkpoint's index names in its `weight_map` (tensor name -> file)."""
+    weight_map = read_json_object(index, "the index of a sharded checkpoint holds one").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise UsageError(f"{index}: no 'weight_map' object of tensor names and file names")
+    return sorted(set(weight_map.values()))
 
 
 def tensor_shapes(files: list[Path], step: int) -> dict[str, tuple[int, ...]]:
@@ -180,10 +208,12 @@ def _find_tokenizer(tokenizer, checkpoints: list[HFCheckpoint]) -> Path | None:
     return None
 
 
-def export_hf(run, step: int, out: str | os.PathLike) -> Path:
+def export_hf(run, step: int, out: str | os.PathLike, tokenizer_config: dict | None = None) -> Path:
     """Write one checkpoint as an HF folder that `AutoModelForCausalLM.from_pretrained` loads unchanged.
 
     Written to a temporary folder beside `out` and renamed into place, so a failed export leaves nothing.
+    `tokenizer_config` is the tokenizer_config.json written beside the run's tokenizer (the layers above know
+    the model family's special tokens: `workbench.models.views.tokenizer_config`).
     """
     from safetensors.torch import save_file
 
@@ -197,7 +227,7 @@ def export_hf(run, step: int, out: str | os.PathLike) -> Path:
     config = run.model_config
     if "model_type" not in config:
         raise UsageError("the run's model config has no model_type, so transformers cannot load an export")
-    state = {k: v.clone() for k, v in run.checkpoint(step).state_dict().items()}  # unshared, as safetensors needs
+    state = run.checkpoint(step).state_dict()  # views into whole-layer reads, which safetensors saves as they are
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -205,7 +235,8 @@ def export_hf(run, step: int, out: str | os.PathLike) -> Path:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "step": str(step)})
         if run.tokenizer is not None:
             run.tokenizer.save(str(tmp / "tokenizer.json"))
-            (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+            config_json = tokenizer_config or {"tokenizer_class": "PreTrainedTokenizerFast"}
+            (tmp / "tokenizer_config.json").write_text(json.dumps(config_json, indent=2))
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -213,3 +244,4 @@ def export_hf(run, step: int, out: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+

@@ -17,6 +17,7 @@ META = "meta"
 METRICS = "metrics"
 ORDER = "data/order"
 DOCUMENTS = "data/documents"
+CHECKPOINTS = "checkpoints"  # the checkpoint log: a row per checkpoint written (step, content digest, time)
 STEP = "step"
 TENSORS, TABLE = "tensors", "table"  # the `kind` attribute of stacked-tensor groups and of tables
 # How the store opens groups: Zarr v3 only, no consolidated metadata, so zarr does not probe (and Icechunk does

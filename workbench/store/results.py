@@ -75,6 +75,17 @@ def stored(root) -> dict[str, Stored]:
     return out
 
 
+def step_coords(root, name: str, names) -> dict[int, dict[str, str]]:
+    """{step: {coordinate: text}} of those per-step text coordinates in `names` that results/<name> has."""
+    try:
+        group = root[group_path(name)]
+    except KeyError:
+        return {}
+    steps = [int(s) for s in group["step"][:]]
+    columns = {n: group[n][:] for n in names if n in group}
+    return {s: {n: str(v[i]) for n, v in columns.items()} for i, s in enumerate(steps)}
+
+
 def read(store, root, name: str) -> "xr.Dataset":
     """The stored results of `name`, sorted by step (lazily read); `MissingData` when none are stored."""
     import xarray as xr
@@ -101,7 +112,7 @@ def stage(store, name: str, update: Update) -> None:
             kept = old.drop_sel(step=[s for s in update.replace if s in set(old["step"].values.tolist())]).load()
             if kept.sizes["step"]:
                 _check_fits(name, kept, ds)
-                ds = xr.concat([kept, ds], dim="step", data_vars="all", coords="minimal", compat="override",
+                ds = xr.concat([kept, ds], dim="step", data_vars="all", coords="minimal", compat="equals",
                                join="exact", combine_attrs="override")
             old = None
         else:
@@ -152,6 +163,13 @@ def _check_fits(name: str, old: "xr.Dataset", new: "xr.Dataset") -> None:
     dup = set(new["step"].values.tolist()) & set(old["step"].values.tolist())
     if dup:
         raise ResultsMismatch(f"{where}: steps {sorted(dup)} are already stored")
+    for coord in new.coords:
+        var = new[coord].variable
+        if coord in new.dims or "step" in var.dims:
+            continue
+        if coord not in old.coords or old[coord].dims != var.dims or not np.array_equal(old[coord].values, var.values):
+            raise ResultsMismatch(f"{where}: coordinate {coord!r} of the new results differs from the stored one "
+                                  "(the data it comes from changed?); recompute every step to replace them")
     for dim in new.dims:
         if dim == "step":
             continue

@@ -18,9 +18,10 @@ from zarr.core.sync import sync
 
 from workbench.errors import MissingData, RunNotFound, StepNotFound, UsageError
 from workbench.store import results as results_io
-from workbench.store.layout import (DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, V3, Layout,
+from workbench.store.layout import (CHECKPOINTS, DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, V3, Layout,
                                     head_dim_of, parse_name, to_torch)
 from workbench.store.storage import open_repository
+from workbench.store import tables
 from workbench.store.tables import read as read_table
 from workbench.store.tensors import TensorGroup
 
@@ -59,8 +60,9 @@ class Run:
             raise RunNotFound(f"{self.location} is an Icechunk repository but not a workbench run "
                               "(no 'workbench' attribute at its root)")
         self._params = sync(TensorGroup.open(self.store, PARAMS))
-        for cached in ("tokenizer", "_order", "parameter_arrays"):
+        for cached in ("tokenizer", "_order", "parameter_arrays", "checkpoint_ids"):
             self.__dict__.pop(cached, None)
+        self._fingerprints: dict[tuple, object] = {}
         return self
 
     def __repr__(self) -> str:
@@ -135,6 +137,29 @@ class Run:
                 return None
             raise MissingData(f"{self.location} has no {what} (an imported run?)")
         return pd.DataFrame(columns)
+
+    @cached_property
+    def checkpoint_ids(self) -> dict[int, str]:
+        """{step: content digest of its parameters} from the checkpoint log: changes when a step is overwritten
+        with other values. Steps written before the log existed have the id "" (they count as unchanged)."""
+        log = sync(read_table(self.store, CHECKPOINTS)) or {"step": [], "content": []}
+        ids = dict.fromkeys(self.steps, "")
+        ids.update(zip((int(s) for s in log["step"]), (str(c) for c in log["content"])))  # the last row wins
+        return {s: ids[s] for s in self.steps}
+
+    def table_fingerprint(self, path: str, upto: tuple[int, ...] | None = None) -> "str | dict[int, str] | None":
+        """A digest of the table at `path` (None when the run has none); with `upto`, {step: digest of the rows
+        of steps up to it} for a table with a `step` column, such as the data order. Kept for this snapshot."""
+        key = (path, upto)
+        if key not in self._fingerprints:
+            columns = sync(read_table(self.store, path))
+            if columns is None:
+                self._fingerprints[key] = None
+            elif upto is None:
+                self._fingerprints[key] = tables.fingerprint(columns)
+            else:
+                self._fingerprints[key] = tables.fingerprints_upto(columns, upto)
+        return self._fingerprints[key]
 
     def metrics(self):
         """Training metrics, one row per step (loss, lr, grad_norm, tokens, tokens_per_s, ...), indexed by step."""
@@ -250,6 +275,11 @@ class Run:
     def stored_results(self) -> dict[str, results_io.Stored]:
         """{analysis name: its stored steps and the attributes they were computed with}."""
         return results_io.stored(self.root)
+
+    def results_coords(self, name: str, names) -> dict[int, dict[str, str]]:
+        """{step: {coordinate: text}} of the per-step text coordinates `names` of the results of `name` (the
+        provenance the analysis layer records)."""
+        return results_io.step_coords(self.root, name, names)
 
     def read_results(self, name: str):
         """The stored results of analysis `name` as a lazy `xarray.Dataset` with a `step` dimension, sorted by

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
+import crc32c
 import icechunk
 import numpy as np
 import torch
@@ -17,7 +19,8 @@ from zarr.core.sync import sync
 
 from workbench.errors import ConcurrentWrite, UsageError
 from workbench.store import results as results_io
-from workbench.store.layout import FORMAT_VERSION, META, OPTIMIZER, PARAMS, V3, Layout, head_dim_of
+from workbench.store.layout import (CHECKPOINTS, FORMAT_VERSION, META, OPTIMIZER, PARAMS, V3, Layout, head_dim_of,
+                                    to_numpy)
 from workbench.store.storage import create_repository, local_path, open_repository
 from workbench.store.tables import append as append_rows
 from workbench.store.tensors import TensorGroup
@@ -95,8 +98,10 @@ class RunWriter:
             self.validate({k: tuple(v.shape) for k, v in state_dict.items()}, config, True)
             self.validate = None  # the run's layout is fixed by then: later steps are checked against it
         layout = Layout.from_attrs(attrs.get("workbench", {}).get("layout"))
-        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, tables or {}, layout,
-                    head_dim_of(config)))
+        logged = {"step": [step], "content": [content_digest(state_dict)],
+                  "written": [datetime.now(timezone.utc).isoformat(timespec="seconds")]}
+        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, {**(tables or {}), CHECKPOINTS: logged},
+                    layout, head_dim_of(config)))
         snapshot = self._commit(session, f"checkpoint step {step}", {"step": step})
         self._tag(step, snapshot)
         return snapshot
@@ -164,6 +169,16 @@ async def _stage(store, step: int, state_dict, optimizer_state: OptimizerState |
         await group.write(step, tensors, overwrite, layout, head_dim)
     for path, rows in tables.items():
         await append_rows(store, path, rows)
+
+
+def content_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """The identity of a checkpoint's parameters: a digest of every tensor's name, dtype, shape and the crc32c
+    of its bytes. Results record it, so a checkpoint overwritten with other values makes them stale."""
+    h = hashlib.blake2b(digest_size=12)
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0{crc32c.crc32c(to_numpy(t).reshape(-1).view(np.uint8))}\n".encode())
+    return h.hexdigest()
 
 
 def _slots(state: OptimizerState) -> dict[str, dict[str, torch.Tensor]]:

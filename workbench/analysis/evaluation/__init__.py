@@ -38,6 +38,8 @@ class Evaluation(Analysis):
     name = "evaluation"
     kind = "forward"
     reads_eval_set = False  # its items are the tasks'
+    reads_tables = ("data/facts", "data/documents")  # built-in tasks, and where each fact is planted
+    reads_tables_upto = ("data/order",)  # each fact's exposures up to the step
     dims = ("task", "fact")
     description = "task scores: planted facts per language and across languages, task files (see evaluation/__init__.py)"
     summary_vars = ("accuracy", "accuracy_bytes", "exact_match", "char_f1")
@@ -69,8 +71,9 @@ class Evaluation(Analysis):
 
             harness.check(p.harness_include)
 
-    def config(self) -> dict:
-        return {**super().config(), "files": {n: t.fingerprint for n, t in sorted(self.files.items())}}
+    def inputs(self, eval_set) -> dict[str, str]:
+        """Each task file's content fingerprint: the steps scored on a file that changed since are stale."""
+        return {f"file:{n}": t.fingerprint for n, t in sorted(self.files.items())}
 
     def task_names(self, run) -> list[str]:
         if self.params.tasks:
@@ -94,7 +97,7 @@ class Evaluation(Analysis):
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         names = self.task_names(ctx.run)
-        tasks = ctx.cached(("evaluation.tasks", tuple(names), tuple(sorted(self.config()["files"].items()))),
+        tasks = ctx.cached(("evaluation.tasks", tuple(names), tuple(sorted(self.inputs(None).items()))),
                            lambda: [self.files[n] if n in self.files else builtin(ctx.run, n) for n in names])
         model = ctx.model()
         scorer = Scorer(model, ctx.run)
