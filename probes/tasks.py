@@ -87,7 +87,7 @@ def read_file(path: str | Path) -> FileTask:
         raise UsageError(f"probe task file {p} not found (give a .jsonl file, or one of {', '.join(BUILTIN)})")
     raw = p.read_bytes()
     records, levels = [], set()
-    for where, rec in jsonl.records(p, raw.decode("utf-8", errors="replace")):
+    for where, rec in jsonl.records(p, jsonl.read_text(p, raw)):
         if not isinstance(rec.get("text"), str):
             raise UsageError(f"{where}: expected a JSON object with a string 'text'")
         if "spans" in rec:

@@ -9,6 +9,7 @@ from pathlib import Path
 from training.config import ModelConfig
 from training.train_config import TrainConfig, with_overrides
 from workbench.errors import UsageError
+from workbench.store.textfile import read_text
 
 PRESETS: dict[str, tuple[dict, dict]] = {
     # fits a 2-core CPU at well over 10 steps/s
@@ -56,7 +57,7 @@ def load(config_path: str | Path | None = None, preset_name: str | None = None, 
         if not path.is_file():
             raise UsageError(f"config file {path} not found")
         try:
-            doc = tomllib.loads(path.read_text())
+            doc = tomllib.loads(read_text(path))
         except tomllib.TOMLDecodeError as e:
             raise UsageError(f"{path} is not valid TOML: {e}") from None
         unknown = sorted(set(doc) - {"model", "train"})

@@ -71,7 +71,7 @@ def test_multiple_choice_scores_equal_transformers_log_likelihoods(trained_run, 
 
 def test_generation_scores_by_hand():
     assert metrics.prediction("東京都です\n\n次の質問") == "東京都です"
-    assert metrics.prediction("  Ｔａｒｓｋ ") == "Tarsk"  # NFKC: fullwidth letters become ASCII
+    assert metrics.prediction("  Ｔａｒｓｋ ") == "  Tarsk "  # NFKC: fullwidth letters become ASCII; not stripped
     assert metrics.exact_match("Tarsk", "Tarsk") == 1.0 and metrics.exact_match("Tarsk.", "Tarsk") == 0.0
     assert metrics.char_f1("東京都", "東京") == pytest.approx(2 * 2 / 5)  # LCS 2 of 3 + 2 characters
     assert metrics.char_f1("new york city", "city york new") == 1.0  # tokens sorted
@@ -145,6 +145,12 @@ def test_bad_input_is_named(trained_run, tmp_path):
     assert code == 1 and "give a task file" in out and len(out.strip().splitlines()) == 1
     with pytest.raises(MissingData, match="facts-en"):
         analyze(imported, ["evaluation"], params={"evaluation": {"tasks": ["facts-en"]}}, workers=0)
+    long = tmp_path / "long.jsonl"  # the trained run's window is 64 positions
+    long.write_text(json.dumps({"question": "the cat " * 40, "choices": ["a", "b"], "label": 0}) + "\n")
+    code, out = wb("evaluate", trained_run, "--tasks", long, "--shots", "0", "--workers", "0")
+    assert code == 2 and len(out.strip().splitlines()) == 1, out
+    assert "evaluation task long, item 1: its context of" in out and "window of 64 positions" in out
+    assert "evaluation" not in workbench.open(trained_run).stored_results()
 
 
 def test_the_harness_bridge_agrees_with_the_native_scorer(trained_run, questions, tmp_path):

@@ -13,7 +13,7 @@ from tests.conftest import wb
 CASES = [
     ("config-not-json", "config.json", b'{"model_type": "llama",\n "hidden_size": }', ["2:", "not valid JSON"]),
     ("config-not-an-object", "config.json", b"[]", ["not a JSON object"]),
-    ("config-invalid-utf8", "config.json", b'{"model_type": "llama\xff"}', ["1:", "invalid UTF-8", "byte 21"]),
+    ("config-invalid-utf8", "config.json", b'{"model_type": "llama\xff"}', ["1:", "not valid UTF-8", "at byte 21 of the line"]),
     ("config-empty", "config.json", b"", ["not valid JSON"]),
     ("index-not-json", "model.safetensors.index.json", b'{"weight_map": ', ["not valid JSON"]),
     ("index-without-weight-map", "model.safetensors.index.json", b'{"metadata": {}}', ["weight_map"]),

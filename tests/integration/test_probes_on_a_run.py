@@ -68,7 +68,7 @@ def test_a_task_file_on_any_run_and_wb_probe(trained_run, tmp_path):
     assert out.strip() == "probes: computed 1 step(s): 30"
     ds = workbench.open(trained_run).results("probes")
     assert list(ds["task"].values) == ["language", "lengths"]
-    assert ds.attrs["analysis"]["params"]["files"]["lengths"]
+    assert json.loads(ds["provenance_inputs"].values[0])["file:lengths"]
     code, out = wb("probe", trained_run, "--tasks", "scripts", "--workers", "0")
     assert code == 2 and "built-in tasks: script, language, fact" in out and len(out.strip().splitlines()) == 1
 

@@ -177,4 +177,4 @@ def test_a_good_task_file(tmp_path):
     task = read_file(path)
     assert task.name == "sentiment" and task.level == "sequence" and len(task.records) == 2
     analysis = probe_analysis.Probes(tasks=[str(path)])
-    assert analysis.config()["files"] == {"sentiment": task.fingerprint}
+    assert analysis.inputs(None) == {"file:sentiment": task.fingerprint}

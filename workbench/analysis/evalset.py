@@ -78,7 +78,7 @@ def load_file(path: str | os.PathLike) -> EvalSet:
                 raise UsageError(f"{where}: expected a JSON object with a string 'text'")
             records.append(rec)
     elif suffix == ".txt":
-        records = [{"text": line} for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = [{"text": line} for line in jsonl.read_text(p).splitlines() if line.strip()]
     elif suffix == ".parquet":
         import pandas as pd
 

@@ -16,6 +16,7 @@ import torch
 from workbench.errors import CorruptData, IncompatibleCheckpoint, RunNotFound, UnsafeFormat, UsageError
 
 from workbench.store.layout import Layout
+from workbench.store.textfile import read_json_object
 
 if TYPE_CHECKING:
     from workbench.store.writer import Validator
@@ -34,27 +35,6 @@ class HFCheckpoint:
     @property
     def config(self) -> dict:
         return read_json_object(self.folder / "config.json", "an HF config.json holds one")
-
-
-def read_json_object(path: Path, what: str) -> dict:
-    """The JSON object in `path` (UTF-8, a leading BOM allowed, as the corpus readers allow it); anything else is
-    a `UsageError` naming the file and line, so that an import fails before it writes."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        line, start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
-        raise UsageError(f"{path}:{line}: invalid UTF-8 at byte {e.start - start} of the line") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{path}: not a JSON object ({what})")
-    return value
 
 
 def find_checkpoints(sources: list[str | os.PathLike], step: int | None = None) -> list[HFCheckpoint]:

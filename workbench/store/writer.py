@@ -24,6 +24,7 @@ from workbench.store.layout import (CHECKPOINTS, FORMAT_VERSION, META, OPTIMIZER
 from workbench.store.storage import create_repository, local_path, open_repository
 from workbench.store.tables import append as append_rows
 from workbench.store.tensors import TensorGroup
+from workbench.store.textfile import read_text
 
 OptimizerState = dict[str, dict[str, torch.Tensor]]  # HF parameter name -> slot (exp_avg, ...) -> tensor
 Tables = dict[str, dict[str, object]]  # table path -> column -> 1-D values
@@ -222,8 +223,7 @@ def _tokenizer_bytes(tokenizer) -> bytes:
         return tokenizer.to_str().encode("utf-8")
     text = os.fspath(tokenizer)
     if os.path.isfile(text):
-        with open(text, "rb") as f:
-            text = f.read().decode("utf-8")
+        text = read_text(text)
     try:
         json.loads(text)
     except ValueError:

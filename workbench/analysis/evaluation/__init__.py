@@ -5,10 +5,11 @@ Per checkpoint, one model serves every task (`evaluation.tasks`):
 - multiple choice: each choice's summed log-likelihood after the context, the context encoded once into a KV cache
   and shared by its choices (`workbench.models.capture.continuation_logprobs`); the continuation's tokens are
   those of `context + choice` beyond the tokens of `context`, trailing spaces of the context moved to the choice
-  (as lm-evaluation-harness splits them). `accuracy` (the largest sum), `accuracy_chars` and `accuracy_bytes` (the
-  sum divided by the choice's characters, or its UTF-8 bytes: for Japanese these differ about threefold),
-  `gold_logprob` (mean log-likelihood of the gold choice, nats) and `bits_per_byte` of the gold choices
-  (Σ −log₂ p / Σ bytes), `chance` (mean of 1 / choices);
+  (lm-evaluation-harness' `_encode_pair`: `harness.encode_pair`), and a context that does not fit the model's
+  window with its longest choice is an error naming task and item, never cut. `accuracy` (the largest sum),
+  `accuracy_chars` and `accuracy_bytes` (the sum divided by the choice's characters, or its UTF-8 bytes: for
+  Japanese these differ about threefold), `gold_logprob` (mean log-likelihood of the gold choice, nats) and
+  `bits_per_byte` of the gold choices (Σ −log₂ p / Σ bytes), `chance` (mean of 1 / choices);
 - generation: greedy, `output_length` tokens (as many as the answer has for the facts), scored as llm-jp-eval
   does (`evaluation.metrics`): `exact_match`, `char_f1`;
 - every score with `n_*` items and a standard error (`*_stderr`).
@@ -27,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from workbench.analysis.base import Analysis, StepContext
-from workbench.analysis.evaluation import metrics
+from workbench.analysis.evaluation import harness, metrics
 from workbench.analysis.evaluation.tasks import BUILTIN, Choice, Generation, Task, builtin, read_file
 from workbench.analysis.registry import register
 from workbench.errors import MissingData, UsageError
@@ -67,8 +68,6 @@ class Evaluation(Analysis):
                 task = read_file(name, p.shots, p.template)  # read here, in the driver
                 self.files[task.name] = task
         if p.harness_tasks:
-            from workbench.analysis.evaluation import harness
-
             harness.check(p.harness_include)
 
     def inputs(self, eval_set) -> dict[str, str]:
@@ -94,6 +93,10 @@ class Evaluation(Analysis):
         for name in names:
             if name in BUILTIN:
                 builtin(run, name)  # MissingData naming the task when the run has no facts
+        scorer = Scorer(None, run)  # here, in the driver: an item too long for the window is a usage error
+        for task in self.files.values():
+            for n, item in enumerate(task.choices, 1):
+                scorer.pair(item, f"evaluation task {task.name}, item {n}")
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         names = self.task_names(ctx.run)
@@ -103,8 +106,6 @@ class Evaluation(Analysis):
         scorer = Scorer(model, ctx.run)
         rows = {t.name: scorer.task(t) for t in tasks}
         if self.params.harness_tasks:
-            from workbench.analysis.evaluation import harness
-
             rows.update(harness.evaluate(ctx.run.checkpoint(ctx.step), self.params.harness_tasks,
                                          self.params.harness_include))
         facts = sorted({i.fact for t in tasks for i in t.choices if i.fact})
@@ -132,15 +133,20 @@ class Scorer:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
-    def choice(self, item: Choice) -> dict:
+    def pair(self, item: Choice, where: str) -> tuple[list[int], list[list[int]]]:
+        """The context's token ids and each choice's, split as lm-evaluation-harness splits them (an empty one
+        is the end-of-text token); a `UsageError` naming `where` unless they fit the model's window."""
+        pad = self.eos if self.eos is not None else 0
+        pairs = [harness.encode_pair(self.encode, item.context, c) for c in item.choices]
+        ctx_ids, conts = pairs[0][0] or [pad], [cont or [pad] for _, cont in pairs]
+        harness.fit_window(ctx_ids, conts, self.context, where)
+        return ctx_ids, conts
+
+    def choice(self, item: Choice, where: str = "a multiple-choice item") -> dict:
         from workbench.models.capture import continuation_logprobs
 
-        context, continuations = split_context(item.context, item.choices)
-        ctx_ids = self.encode(context) or ([self.eos] if self.eos is not None else [0])
-        conts = [self.encode(context + c)[len(self.encode(context)):] for c in continuations]
-        conts = [c or [self.eos if self.eos is not None else 0] for c in conts]
-        room = self.context - max(map(len, conts))
-        sums = np.array([lp.sum() for lp in continuation_logprobs(self.model, ctx_ids[-room:], conts)])
+        ctx_ids, conts = self.pair(item, where)
+        sums = np.array([lp.sum() for lp in continuation_logprobs(self.model, ctx_ids, conts)])
         chars = np.array([max(1, len(c)) for c in item.choices])
         nbytes = np.array([max(1, len(c.encode("utf-8"))) for c in item.choices])
         return {"correct": float(np.argmax(sums) == item.gold), "correct_chars": float(np.argmax(sums / chars) == item.gold),
@@ -162,7 +168,8 @@ class Scorer:
     def task(self, task: Task) -> dict:
         """Every score of `task` (means, standard errors, counts) and its per-fact rows."""
         out: dict = {}
-        scored = [(i, self.choice(i)) for i in task.choices]
+        scored = [(item, self.choice(item, f"evaluation task {task.name}, item {n}"))
+                  for n, item in enumerate(task.choices, 1)]
         if scored:
             for key, var in (("correct", "accuracy"), ("correct_chars", "accuracy_chars"),
                              ("correct_bytes", "accuracy_bytes"), ("gold_logprob", "gold_logprob")):
@@ -180,12 +187,6 @@ class Scorer:
             out["n_generation"] = len(generated)
         out["facts"] = {i.fact: (s["correct"], s["gold_logprob"]) for i, s in scored if i.fact}
         return out
-
-
-def split_context(context: str, choices) -> tuple[str, list[str]]:
-    """lm-evaluation-harness's split: trailing spaces of the context move to the front of every continuation."""
-    n = len(context) - len(context.rstrip())
-    return (context[:-n], [context[-n:] + c for c in choices]) if n else (context, list(choices))
 
 
 def fact_exposures(run, facts: list[str]) -> dict[str, np.ndarray]:

@@ -3,11 +3,16 @@
 transformers model and the run's tokenizer, tasks found in `include_path` (local YAMLs over local data), offline.
 Its scores land in the `evaluation` results under the task's name: `acc` as `accuracy`, `acc_norm` (per
 character) as `accuracy_chars`, `acc_bytes` as `accuracy_bytes`, `exact_match` as `exact_match`, with their
-standard errors."""
+standard errors.
+
+The native multiple-choice scorer splits context and continuation as the harness does (`encode_pair`: its
+`_encode_pair` for causal models), so the two give the same log-likelihoods; unlike the harness, which cuts a
+context that does not fit the model's window from the left without a word, it refuses one (`fit_window`)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,6 +43,27 @@ def questions_task(name: str, data: str | Path) -> str:
     """A harness task YAML over a `.jsonl` of `{question, choices, label}` (JCommonsenseQA's shape), split as the
     native scorer splits it (no delimiter between question and choice)."""
     return QUESTIONS_YAML.format(name=name, data=Path(data).absolute())
+
+
+def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens) as lm-evaluation-harness' `_encode_pair` splits them for a causal
+    model: trailing whitespace of the context moves to the continuation, `context + continuation` is encoded whole
+    and cut after as many tokens as the context alone encodes to, so a token merging across the boundary counts
+    as the context's (and the continuation loses it)."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    ctx = encode(context)
+    return ctx, encode(context + continuation)[len(ctx):]
+
+
+def fit_window(context: Sequence[int], continuations: Sequence[Sequence[int]], window: int, where: str) -> None:
+    """A one-line `UsageError` naming `where` unless the context and its longest continuation fit in `window`
+    positions: a context cut to fit would score another item."""
+    longest = max(map(len, continuations), default=0)
+    if len(context) + longest > window:
+        raise UsageError(f"{where}: its context of {len(context)} tokens and a choice of {longest} tokens exceed the "
+                         f"model's window of {window} positions; shorten it or ask fewer shots")
 
 
 def check(include: str | None) -> None:
