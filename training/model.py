@@ -5,10 +5,19 @@ tied or untied embeddings, loading from a state dict and greedy generation. Para
 The elementwise ops and the loss follow the tensor's device (`training.kernels`): fused Triton kernels on
 CUDA, the PyTorch reference elsewhere.
 
-Activations pass through hook points (TransformerLens' `HookPoint`): identity modules whose names come from
+Activations pass through hook points, as TransformerLens' `HookPoint`s: identity modules whose names come from
 the module tree, translated to TransformerLens names (`model.layers.3.self_attn.hook_pattern` is
-`blocks.3.attn.hook_pattern`). `with model.hooks(names, fn):` hands each named activation to `fn(name, x)` as
-the pass produces it; with no hook active the forward pass does no extra work.
+`blocks.3.attn.hook_pattern`). Any number of hooks `hook(x, hook=point)` per point run in order; one that returns
+a tensor replaces the activation for the rest of the pass (patching, ablation, steering):
+
+    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: x * 0)]):  # or run_with_hooks
+        logits = model(ids)
+    with model.hooks(names, fn):  # observers: fn(name, x) at each of `names`, its return value ignored
+        ...
+
+Hooks that change nothing change no bit of the output: the attention pattern and a norm's x / rms(x) are
+computed beside the main path (SDPA, the fused RMSNorm), which takes them only when a hook changed them. With
+no hook active the forward pass does no extra work.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from training.config import ModelConfig
 from training.kernels import Ops, get_ops
 from workbench.errors import IncompatibleCheckpoint, UsageError
 
-__all__ = ["HOOKS", "HookPoint", "KVCache", "Llama", "ModelConfig", "checkpoint_state", "load_checkpoint_state"]
+__all__ = ["HOOKS", "Hook", "HookHandle", "HookPoint", "KVCache", "Llama", "ModelConfig", "checkpoint_state",
+           "load_checkpoint_state"]
 
 # TransformerLens names of every hook point, `{l}` for the layer (a test checks them against the module tree).
 HOOKS = ("hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.ln1.hook_normalized", "blocks.{l}.attn.hook_pattern",
@@ -36,6 +46,9 @@ HOOKS = ("hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.ln1.hook_normali
 # `blocks.0.ln1.hook_normalized`, `model.norm.hook_normalized` -> `ln_final.hook_normalized`).
 _TL_NAMES = (("model.layers.", "blocks."), (".self_attn.", ".attn."), (".input_layernorm.", ".ln1."),
              (".post_attention_layernorm.", ".ln2."), ("model.norm.", "ln_final."), ("model.", ""))
+
+Hook = Callable[..., torch.Tensor | None]  # hook(activation, hook=point) -> None (unchanged) or its replacement
+HookName = str | Callable[[str], bool]  # a hook point's TransformerLens name, or a filter of names
 
 
 def ops_for(x: torch.Tensor) -> Ops:
@@ -69,21 +82,64 @@ class KVCache:
 
 
 class HookPoint(nn.Module):
-    """Identity that hands its input to `fn(name, x)` while a capture is active; `name` is its TransformerLens
-    name, set from the module tree when the model is built."""
+    """Identity on one activation, unless hooks are added: each hook, in the order added, gets the activation (as
+    the hooks before it left it) as `hook(x, hook=self)` and returns None to leave it, or a tensor of its shape
+    that replaces it for the rest of the pass. `name` is the TransformerLens name, set from the module tree."""
 
-    def __init__(self):
+    def __init__(self, name: str = ""):
         super().__init__()
-        self.name, self.fn = "", None
+        self.name = name
+        self.fwd_hooks: list[HookHandle] = []
 
     @property
     def active(self) -> bool:
-        return self.fn is not None
+        return bool(self.fwd_hooks)
+
+    def layer(self) -> int:
+        """The block of a `blocks.{l}.…` hook point (TransformerLens' `hook.layer()`)."""
+        return int(self.name.split(".")[1])
+
+    def add_hook(self, hook: Hook, prepend: bool = False) -> HookHandle:
+        """Run `hook` after the hooks already here (before them with `prepend`); `.remove()` the handle to undo."""
+        handle = HookHandle(self, hook)
+        # a new list rather than an insertion: a pass iterating the old one is not disturbed
+        self.fwd_hooks = [handle, *self.fwd_hooks] if prepend else [*self.fwd_hooks, handle]
+        return handle
+
+    def remove_hooks(self) -> None:
+        self.fwd_hooks = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fn is not None:
-            self.fn(self.name, x)
+        for handle in self.fwd_hooks:
+            out = handle.hook(x, hook=self)
+            if out is not None:
+                if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                    got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+                    raise UsageError(f"a hook at {self.name} returned {got}; a hook returns None or a tensor of "
+                                     f"the activation's shape {list(x.shape)}")
+                x = out
         return x
+
+    def patch(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The hooks on `x`, a value computed beside the main path: the replacement, or None when no hook changed
+        it (each returned None or `x` itself, and none wrote into it), so the main path's result stands."""
+        if x.is_inference():  # inference tensors have no version counter: compare with a copy
+            before = x.clone()
+            out = self(x)
+            return None if out is x and torch.equal(x, before) else out
+        version = x._version  # bumped by every in-place change
+        out = self(x)
+        return None if out is x and x._version == version else out
+
+
+class HookHandle:
+    """One hook added to one hook point; `remove()` takes off that hook only."""
+
+    def __init__(self, point: HookPoint, hook: Hook):
+        self.point, self.hook = point, hook
+
+    def remove(self) -> None:
+        self.point.fwd_hooks = [h for h in self.point.fwd_hooks if h is not self]
 
 
 class RMSNorm(nn.Module):
@@ -94,11 +150,16 @@ class RMSNorm(nn.Module):
         self.hook_normalized = HookPoint()  # x / rms(x), before the weight, as TransformerLens'
 
     def forward(self, x):  # [batch, pos, d_model]
-        if not self.hook_normalized.active:
-            return ops_for(x).rms_norm(x, self.weight, self.eps)
+        if self.hook_normalized.active:  # computed beside the fused op, whose output stands unless a hook changes it
+            normalized = self.hook_normalized.patch(self._normalized(x))
+            if normalized is not None:
+                return self.weight * normalized
+        return ops_for(x).rms_norm(x, self.weight, self.eps)
+
+    def _normalized(self, x):
+        """x / rms(x) in x's dtype, statistics in float32 (the reference op before its weight)."""
         x32 = x.float()
-        normalized = self.hook_normalized((x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype))
-        return self.weight * normalized
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
 class Rotary(nn.Module):
@@ -136,26 +197,30 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.extend(self, k, v)  # [batch, kv_head, past + pos, d_head]
         past = k.shape[2] - t
-        if self.hook_pattern.active:  # SDPA never forms the pattern
-            z = self._explicit(q, k, v, past)
-        else:
+        # SDPA never forms the pattern: it is computed beside it for the hooks, and used only if they change it
+        pattern = self.hook_pattern.patch(self._pattern(q, k, past)) if self.hook_pattern.active else None
+        if pattern is None:
             mask = None if past == 0 else torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0,
                                                enable_gqa=self.n_kv != self.n_heads)
+        else:
+            z = self._mix(pattern, v)
         return self.o_proj(z.transpose(1, 2).reshape(b, t, -1))  # [batch, pos, d_model]
 
-    def _explicit(self, q, k, v, past: int):
-        """Attention with the pattern materialised and handed to `hook_pattern` (queries after `past` cached keys)."""
+    def _pattern(self, q, k, past: int):
+        """Attention weights `[batch, head, query, key]` of queries after `past` cached keys (softmax in float32)."""
         b, _, t, d = q.shape
         keys = k.shape[2]
-        group = self.n_heads // self.n_kv
-        q = (q / math.sqrt(d)).view(b, self.n_kv, group, t, d)  # the heads of a kv head share its k and v
-        scores = (q @ k.unsqueeze(2).transpose(-1, -2)).view(b, self.n_heads, t, keys)  # [batch, head, query, key]
-        scores = scores.float() if scores.dtype != torch.float32 else scores
+        q = (q / math.sqrt(d)).view(b, self.n_kv, -1, t, d)  # the heads of a kv head share its k
+        scores = (q @ k.unsqueeze(2).transpose(-1, -2)).view(b, self.n_heads, t, keys).float()
         future = torch.ones(t, keys, dtype=torch.bool, device=q.device).triu(past + 1)
-        pattern = self.hook_pattern(scores.masked_fill_(future, float("-inf")).softmax(-1).to(q.dtype))
-        z = pattern.view(b, self.n_kv, group, t, keys) @ v.unsqueeze(2)  # [batch, kv_head, group, pos, d_head]
-        return z.view(b, self.n_heads, t, d)
+        return scores.masked_fill_(future, float("-inf")).softmax(-1).to(q.dtype)
+
+    def _mix(self, pattern, v):
+        """The heads' outputs `[batch, head, pos, d_head]` for attention weights `pattern`."""
+        b, _, t, keys = pattern.shape
+        z = pattern.view(b, self.n_kv, -1, t, keys) @ v.unsqueeze(2)  # [batch, kv_head, group, pos, d_head]
+        return z.view(b, self.n_heads, t, v.shape[-1])
 
 
 class MLP(nn.Module):
@@ -250,20 +315,50 @@ class Llama(nn.Module):
         """Every hook point by TransformerLens name."""
         return {m.name: m for m in self.modules() if isinstance(m, HookPoint)}
 
+    def add_hook(self, name: HookName, hook: Hook, prepend: bool = False) -> list[HookHandle]:
+        """Add `hook` at the hook point `name` (or at every one a filter `name(point_name)` accepts) until its
+        handles are removed or `reset_hooks`."""
+        return [point.add_hook(hook, prepend) for point in self._resolve(name, self.hook_points())]
+
+    def reset_hooks(self) -> None:
+        """Remove every hook from every hook point."""
+        for point in self.hook_points().values():
+            point.remove_hooks()
+
     @contextmanager
-    def hooks(self, names: Iterable[str], fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
-        """Within the block, each forward pass hands the activations `names` to `fn(name, tensor)`."""
-        points = self.hook_points()
-        chosen = [points[n] for n in names if n in points]
-        if unknown := sorted(set(names) - points.keys()):
-            raise UsageError(f"no hook {unknown[0]!r} in this model; hooks: {', '.join(HOOKS)}")
-        for p in chosen:
-            p.fn = fn
+    def hooks(self, fwd_hooks: Iterable[tuple[HookName, Hook]] | Iterable[str] = (),
+              fn: Callable[[str, torch.Tensor], object] | None = None) -> Iterator["Llama"]:
+        """Hooks for the block, as TransformerLens' `hooks(fwd_hooks=[(name, hook), ...])`; `hooks(names, fn)`
+        hands each of `names` to the observer `fn(name, x)` (what it returns is ignored: a capture never patches
+        by accident). Nested blocks compose; each removes its own hooks on exit, also on an error."""
+        if fn is not None:
+            def observe(x: torch.Tensor, hook: HookPoint) -> None:
+                fn(hook.name, x)
+
+            fwd_hooks = [(name, observe) for name in fwd_hooks]
+        every = self.hook_points()
+        points = [(point, hook) for name, hook in fwd_hooks for point in self._resolve(name, every)]  # all known first
+        handles = []
         try:
-            yield
+            for point, hook in points:
+                handles.append(point.add_hook(hook))
+            yield self
         finally:
-            for p in chosen:
-                p.fn = None
+            for handle in handles:
+                handle.remove()
+
+    def run_with_hooks(self, *args, fwd_hooks: Iterable[tuple[HookName, Hook]] = (), **kwargs):
+        """`self(*args, **kwargs)` with `fwd_hooks` in place for that pass (TransformerLens' `run_with_hooks`)."""
+        with self.hooks(fwd_hooks):
+            return self(*args, **kwargs)
+
+    @staticmethod
+    def _resolve(name: HookName, points: dict[str, HookPoint]) -> list[HookPoint]:
+        if callable(name):
+            return [p for n, p in points.items() if name(n)]
+        if name not in points:
+            raise UsageError(f"no hook {name!r} in this model; hooks: {', '.join(HOOKS)}")
+        return [points[name]]
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final normalised residual stream, [batch, pos, d_model] (of the positions after `cache`'s, if given)."""

@@ -31,12 +31,23 @@ under eager attention, so the generic path switches a model to eager attention w
 With `fn`, each activation is handed to `fn(name, tensor)` as the pass produces it (on the generic path, from
 forward hooks of the modules) and nothing is kept: the way to feed running statistics without holding a
 whole model's activations (`workbench.analysis`).
+
+To patch, `run_with_hooks(model, input_ids, fwd_hooks)` (or `with hooks(model, fwd_hooks):`) takes
+TransformerLens' hooks on either path: `(name, hook)` pairs, the name possibly with `{l}` or a filter of names,
+`hook(x, hook=point)` returning None or a replacement that flows on (`training.model.HookPoint`; `point.name`
+is the hook's name). On the generic path a replacement takes effect through the module hooks of transformers:
+`ln_final.hook_normalized` replaced by `r` makes the final norm's output `weight * r (+ bias)`; the pattern
+(formed and used inside one attention function) and `hook_resid_mid` (a sum inside the block's forward) can be
+read there, not replaced (a hook returning a replacement raises `UsageError`). Hooks that replace nothing leave
+the logits bit-equal on both paths (on the generic path, of the model under eager attention: hooking a pattern
+switches it to eager for the pass).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,30 +94,62 @@ def capture(source, input_ids: torch.Tensor, names: Iterable[str] | str = (), fn
             ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """One forward pass of `input_ids` `[batch, pos]`: logits `[batch, pos, vocab]` and the activations
     named in `names` (TransformerLens hook names; a name with `{l}` stands for every layer). With `fn`, the
-    activations go to `fn(name, tensor)` instead and the dict comes back empty. `logits=False` skips the
-    unembedding (None comes back): for activations only, it saves vocab × d_model per token.
+    activations go to `fn(name, tensor)` instead (its return value is ignored) and the dict comes back empty.
+    `logits=False` skips the unembedding (None comes back): for activations only, it saves vocab × d_model per
+    token.
 
     `source` is a `Checkpoint`, a `training.model.Llama` or a transformers causal LM. A checkpoint is opened
     for this one call (`open_model`: the in-repo LLaMA for the workbench's runs, the transformers model
     otherwise); open the model once and pass it when capturing many batches.
     """
     model = _model_of(source)
-    input_ids = torch.as_tensor(input_ids)
-    if input_ids.ndim == 1:
-        input_ids = input_ids[None]
-    if input_ids.ndim != 2:
-        raise UsageError(f"input_ids must be [batch, pos], got shape {list(input_ids.shape)}")
     wanted = _expand([names] if isinstance(names, str) else list(names), available_hooks(model), n_layers(model))
-    input_ids = input_ids.to(_device_of(model))
     cache: dict[str, torch.Tensor] = {}
-    sink = fn if fn is not None else (lambda name, x: cache.__setitem__(name, x.detach()))
-    with torch.no_grad():
-        if _is_llama(model):
-            with model.hooks(wanted, sink):
-                out = model(input_ids) if logits else model.hidden_states(input_ids)
+
+    def observe(x: torch.Tensor, hook) -> None:
+        if fn is None:
+            cache[hook.name] = x.detach()
         else:
-            out = _hf_capture(model, input_ids, wanted, sink, logits)
-    return (out if logits else None), {n: cache[n] for n in wanted if n in cache}
+            fn(hook.name, x)
+
+    with torch.no_grad():
+        out = _run(model, _batch(input_ids, model), [(n, observe) for n in wanted], logits)
+    return out, {n: cache[n] for n in wanted if n in cache}
+
+
+def run_with_hooks(source, input_ids: torch.Tensor, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Callable]],
+                   logits: bool = True) -> torch.Tensor | None:
+    """One forward pass of `input_ids` `[batch, pos]` with TransformerLens hooks `(name, hook)` in place (see the
+    module's docstring): the logits `[batch, pos, vocab]`, or None with `logits=False`. Gradients flow unless the
+    caller turns them off. `source` as for `capture`."""
+    model = _model_of(source)
+    return _run(model, _batch(input_ids, model), fwd_hooks, logits)
+
+
+@contextmanager
+def hooks(model: torch.nn.Module, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Callable]]
+          ) -> Iterator[torch.nn.Module]:
+    """TransformerLens hooks `(name, hook)` on the in-repo LLaMA or a transformers model for the block (see the
+    module's docstring). Nested blocks compose; each removes its own hooks on exit, also on an error."""
+    if not _is_model(model):
+        raise UsageError(f"hooks takes a training.model.Llama or a transformers model, not {type(model).__name__}")
+    resolved = _resolve(model, fwd_hooks)
+    if _is_llama(model):
+        with model.hooks(resolved):
+            yield model
+    else:
+        with _hf_hooks(model, resolved):
+            yield model
+
+
+def _run(model, input_ids: torch.Tensor, fwd_hooks, logits: bool) -> torch.Tensor | None:
+    with hooks(model, fwd_hooks):
+        if not _is_llama(model):
+            runner = model if logits else model.base_model  # the backbone: every hooked module, no unembedding
+            out = runner(input_ids=input_ids, use_cache=False)
+            return out.logits if logits else None
+        out = model(input_ids) if logits else model.hidden_states(input_ids)
+    return out if logits else None
 
 
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
@@ -244,6 +287,27 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _batch(input_ids, model) -> torch.Tensor:
+    """Token ids as `[batch, pos]` on the model's device (1-D ids are one sequence)."""
+    input_ids = torch.as_tensor(input_ids)
+    if input_ids.ndim == 1:
+        input_ids = input_ids[None]
+    if input_ids.ndim != 2:
+        raise UsageError(f"input_ids must be [batch, pos], got shape {list(input_ids.shape)}")
+    return input_ids.to(_device_of(model))
+
+
+def _resolve(model, fwd_hooks) -> list[tuple[str, Callable]]:
+    """`(name, hook)` pairs with every name a hook point of `model`: `{l}` expanded, filters applied."""
+    available, count = available_hooks(model), n_layers(model)
+    every = _expand(available, available, count)
+    out = []
+    for name, hook in fwd_hooks:
+        names = [n for n in every if name(n)] if callable(name) else _expand([name], available, count)
+        out += [(n, hook) for n in names]
+    return out
+
+
 def _expand(names: list[str], available: list[str], count: int) -> list[str]:
     """Hook names with `{l}` expanded to every layer, each checked against what the model offers."""
     out: list[str] = []
@@ -271,80 +335,114 @@ def _first(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
-def _hf_capture(model, input_ids: torch.Tensor, wanted: list[str], sink, logits: bool):
-    """The transformers model's forward pass (its output, or the backbone's without `logits`), each wanted
-    activation handed to `sink` from a forward hook as its module runs."""
+_READ_ONLY = {"attn.hook_pattern": "transformers forms and uses the pattern inside one attention function",
+              "hook_resid_mid": "the block adds it up inside its forward, where no module sees it"}
+
+
+@contextmanager
+def _hf_hooks(model, resolved: list[tuple[str, Callable]]) -> Iterator[None]:
+    """The hooks on the transformers model's modules for the block: each hook name's `HookPoint` (its hooks in
+    order) runs from a forward (pre-)hook as its module runs, a replacement taking the activation's place."""
+    from training.model import HookPoint
+
     layout = _layout(model.config.model_type)
-    wanted_set = set(wanted)
-    mids = {int(n.split(".")[1]) for n in wanted if n.endswith("hook_resid_mid")}
-    pending: dict[int, torch.Tensor] = {}  # resid_pre of a layer whose resid_mid is wanted, until attn_out comes
+    points: dict[str, HookPoint] = {}
+    for name, hook in resolved:
+        points.setdefault(name, HookPoint(name)).add_hook(hook)
+    mids = {int(n.split(".")[1]) for n in points if n.endswith("hook_resid_mid")}
+    pending: dict[int, torch.Tensor] = {}  # resid_pre of a layer whose resid_mid is hooked, until attn_out comes
 
-    def emit(name: str, x: torch.Tensor) -> None:
-        if name in wanted_set:
-            sink(name, x)
+    def run(name: str, x: torch.Tensor) -> torch.Tensor:
+        return points[name](x) if name in points else x
 
-    def resid_pre(l: int, x: torch.Tensor) -> None:
+    def read_only(name: str, x: torch.Tensor) -> None:
+        if name in points and points[name].patch(x) is not None:
+            why = _READ_ONLY[name.split(".", 2)[2]]
+            raise UsageError(f"{name} cannot be replaced on the transformers path ({why}); hooks there may read it, "
+                             "or patch it on the in-repo LLaMA")
+
+    def resid_pre(l: int, x: torch.Tensor) -> torch.Tensor:
+        x = run(f"blocks.{l}.hook_resid_pre", x)
         if l in mids:
             pending[l] = x
-        emit(f"blocks.{l}.hook_resid_pre", x)
+        return x
 
-    def attn_out(l: int, x: torch.Tensor) -> None:
-        emit(f"blocks.{l}.hook_attn_out", x)
+    def attn_out(l: int, x: torch.Tensor) -> torch.Tensor:
+        x = run(f"blocks.{l}.hook_attn_out", x)
         if l in mids:  # resid_mid = resid_pre + attn_out
-            emit(f"blocks.{l}.hook_resid_mid", pending.pop(l) + x)
+            read_only(f"blocks.{l}.hook_resid_mid", pending.pop(l) + x)
+        return x
+
+    def final_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """The norm's output for a replaced `x / rms(x)` (or `(x - mean) / std`); None if the hooks kept it."""
+        normalized = points["ln_final.hook_normalized"].patch(_normalize(x, layout.norm, _eps(norm)))
+        if normalized is None:
+            return None
+        weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+        out = normalized if weight is None else weight * normalized
+        return out if bias is None else out + bias
 
     handles: list = []
 
-    def listen(module: torch.nn.Module, get, callback, pre: bool = False) -> None:
-        if pre:
-            handles.append(module.register_forward_pre_hook(lambda m, args, kwargs: callback(get(args, kwargs)),
-                                                            with_kwargs=True))
-        else:
-            handles.append(module.register_forward_hook(lambda m, args, out: callback(get(out))))
+    def on_output(module: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """`fn` on the module's output (its first element), whose return takes its place."""
+        def hook(m, args, out):
+            x = _first(out)
+            new = fn(x)
+            return None if new is x else (new, *out[1:]) if isinstance(out, (tuple, list)) else new
 
-    def needs(*names: str) -> bool:
-        return any(n in wanted_set for n in names)
+        handles.append(module.register_forward_hook(hook))
 
-    patterns = any(n.endswith("attn.hook_pattern") for n in wanted)
-    restore = _eager(model) if patterns else None
+    def on_input(module: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """`fn` on the module's hidden-state input, whose return takes its place."""
+        def hook(m, args, kwargs):
+            x = _hidden_arg(args, kwargs)
+            new = fn(x)
+            return None if new is x else _with_hidden_arg(args, kwargs, new)
+
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    restore = _eager(model) if any(n.endswith("attn.hook_pattern") for n in points) else None
     try:
-        if needs("hook_embed"):
-            listen(model.get_input_embeddings(), _first, lambda x: emit("hook_embed", x))
-        if layout.pos_embed and needs("hook_pos_embed"):
-            listen(_module(model, layout.pos_embed), _first, lambda x: emit("hook_pos_embed", x))
+        if "hook_embed" in points:
+            on_output(model.get_input_embeddings(), lambda x: run("hook_embed", x))
+        if layout.pos_embed and "hook_pos_embed" in points:
+            on_output(_module(model, layout.pos_embed), lambda x: run("hook_pos_embed", x))
         for l, block in enumerate(_module(model, layout.layers)):
             p = f"blocks.{l}."
-            if needs(p + "hook_resid_pre") or l in mids:
-                listen(block, _hidden_arg, lambda x, l=l: resid_pre(l, x), pre=True)  # [batch, pos, d_model]
-            if needs(p + "attn.hook_pattern"):
-                listen(block.get_submodule(layout.attn), lambda out: out[1],  # [batch, head, query, key]
-                       lambda x, n=p + "attn.hook_pattern": emit(n, x))
-            if needs(p + "hook_attn_out") or l in mids:
-                listen(block.get_submodule(layout.attn_out), _first, lambda x, l=l: attn_out(l, x))
+            if p + "hook_resid_pre" in points or l in mids:
+                on_input(block, lambda x, l=l: resid_pre(l, x))  # [batch, pos, d_model]
+            if p + "attn.hook_pattern" in points:
+                handles.append(block.get_submodule(layout.attn).register_forward_hook(  # [batch, head, query, key]
+                    lambda m, args, out, n=p + "attn.hook_pattern": read_only(n, out[1])))
+            if p + "hook_attn_out" in points or l in mids:
+                on_output(block.get_submodule(layout.attn_out), lambda x, l=l: attn_out(l, x))
             for path, hook, pre in ((layout.mlp_act, "mlp.hook_pre", True), (layout.mlp_down, "mlp.hook_post", True),
                                     (layout.mlp_out, "hook_mlp_out", False)):
-                if needs(p + hook):
-                    listen(block.get_submodule(path), _hidden_arg if pre else _first,
-                           lambda x, n=p + hook: emit(n, x), pre=pre)
-            if needs(p + "hook_resid_post"):
-                listen(block, _first, lambda x, n=p + "hook_resid_post": emit(n, x))
-        if needs("ln_final.hook_normalized"):
-            final = _module(model, layout.final_norm)
-            eps = _eps(final)
-            listen(final, lambda args, kwargs: _normalize(_hidden_arg(args, kwargs), layout.norm, eps),
-                   lambda x: emit("ln_final.hook_normalized", x), pre=True)
-        runner = model if logits else model.base_model  # the backbone: every hooked module, no unembedding
-        out = runner(input_ids=input_ids, use_cache=False)
+                if p + hook in points:
+                    (on_input if pre else on_output)(block.get_submodule(path), lambda x, n=p + hook: run(n, x))
+            if p + "hook_resid_post" in points:
+                on_output(block, lambda x, n=p + "hook_resid_post": run(n, x))
+        if "ln_final.hook_normalized" in points:
+            handles.append(_module(model, layout.final_norm).register_forward_hook(
+                lambda m, args, kwargs, out: final_norm(m, _hidden_arg(args, kwargs)), with_kwargs=True))
+        yield
     finally:
         for h in handles:
             h.remove()
         if restore is not None:
             model.set_attn_implementation(restore)
-    return out.logits if logits else None
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else next(iter(kwargs.values())) if len(kwargs) == 1 else kwargs["hidden_states"]
+
+
+def _with_hidden_arg(args: tuple, kwargs: dict, x: torch.Tensor) -> tuple[tuple, dict]:
+    """`(args, kwargs)` with the hidden state `_hidden_arg` finds replaced by `x`."""
+    if args:
+        return (x, *args[1:]), kwargs
+    return args, {**kwargs, (next(iter(kwargs)) if len(kwargs) == 1 else "hidden_states"): x}
 
 
 def _eps(norm: torch.nn.Module) -> float:
