@@ -28,7 +28,7 @@ from other processes falls on all alike), and the median time per variant is rep
 
 Part (b), `weights`: a random-init float32 `LlamaForCausalLM` state dict (sizes as in benchmarks/store.py),
 nudged by seeded noise per step, written as `--steps` checkpoints of one run. Then the same statistics of
-every 2-D parameter at every step (`workbench.analysis.weights.matrix_statistics`) are computed
+every 2-D parameter at every step (`workbench.analyses.weights.matrix_statistics`) are computed
 - by a plain loop: `run.checkpoint(s).state_dict()` per step, the first and previous checkpoints kept in
   memory, one process with torch on every core;
 - by `analyze(run, ["weights"], workers=N)` for N = 0 (in this process, no Dask), 1 and 2: "cold" starts
@@ -57,7 +57,7 @@ import xarray as xr
 import workbench
 from workbench.analysis import analyze
 from workbench.analysis.executors import local_cluster
-from workbench.analysis.weights import STATISTICS, matrix_statistics
+from workbench.analyses.weights import STATISTICS, matrix_statistics
 
 SIZES = {  # LlamaConfig fields, as in benchmarks/store.py
     "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=4, num_attention_heads=4, vocab_size=1000),
@@ -194,7 +194,7 @@ def workbench_stats(model, batches: list, analysis) -> xr.Dataset:
 
 def tl_stats(bridge, batches: list, analysis, n_layers: int) -> xr.Dataset:
     """TransformerLens collects the same activations (`run_with_cache`); the same `LayerStats` reduce them."""
-    from workbench.analysis.activations import LayerStats
+    from workbench.analyses.activations import LayerStats
 
     names = {f"blocks.{l}.{h}" for l in range(n_layers) for h in TL_HOOKS}
     layers = {l: LayerStats(analysis.params.massive_k) for l in range(n_layers)}
@@ -218,7 +218,7 @@ def max_rel_diff(a, b) -> float:
 def part_a(size: str, batch: int, seq_len: int, n_batches: int, reps: int, tmp: Path) -> None:
     from training.model import Llama, checkpoint_state
     from workbench.analysis import forward
-    from workbench.analysis.activations import HOOKS, Activations
+    from workbench.analyses.activations import HOOKS, Activations
 
     cfg = llama_config(size, seq_len)
     torch.manual_seed(0)

@@ -44,7 +44,7 @@ def make_run(path: Path, n_steps: int, layers: int, heads: int) -> Path:
 
     from workbench.analysis import registry
     from workbench.analysis.results import analysis_attrs
-    from workbench.analysis.weights import VARIABLES
+    from workbench.analyses.weights import VARIABLES
     from workbench.store import create
     from workbench.store.layout import parse_name
     from workbench.store.results import Update

@@ -6,7 +6,7 @@ The `demo` preset is trained here for `--steps` steps; its last checkpoint is sc
 of `--items` items made from the run's own documents: the context is a document's first sentence or two (40–120
 characters), the gold choice the next 24 characters, the three others the 24 characters at the same place in
 three other documents of the same language. Both score the same items with the same weights (float32, CPU):
-- native: `workbench.analysis.evaluation.Scorer` (the context encoded once into a KV cache, the four choices
+- native: `workbench.analyses.evaluation.Scorer` (the context encoded once into a KV cache, the four choices
   batched on top of it), item after item, as the `evaluation` analysis runs them;
 - lm-evaluation-harness: `simple_evaluate` on `HFLM` over the checkpoint's transformers model (SDPA attention,
   batch size 16), the same items as a local YAML task over a local JSONL file (`target_delimiter: ""`).
@@ -59,8 +59,8 @@ def main() -> None:
     import workbench
     from training.presets import load
     from training.trainer import Trainer
-    from workbench.analysis.evaluation import Scorer, harness
-    from workbench.analysis.evaluation.tasks import read_file
+    from workbench.analyses.evaluation import Scorer, harness
+    from workbench.analyses.evaluation.tasks import read_file
 
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads); "
           f"load average at start {os.getloadavg()[0]:.1f}")

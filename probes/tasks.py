@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from training.data.documents import script_of
-from workbench.analysis import jsonl
+from workbench.analysis import readers
+from workbench.analysis.readers import json_cell
 from workbench.errors import MissingData, UsageError
 
 BUILTIN = ("script", "language", "fact")  # "fact" stands for fact_en and fact_ja
@@ -87,7 +88,7 @@ def read_file(path: str | Path) -> FileTask:
         raise UsageError(f"probe task file {p} not found (give a .jsonl file, or one of {', '.join(BUILTIN)})")
     raw = p.read_bytes()
     records, levels = [], set()
-    for where, rec in jsonl.records(p, jsonl.read_text(p, raw)):
+    for where, rec in readers.records(p, readers.read_text(p, raw)):
         if not isinstance(rec.get("text"), str):
             raise UsageError(f"{where}: expected a JSON object with a string 'text'")
         if "spans" in rec:
@@ -189,7 +190,7 @@ def _fact_sources(run, tok) -> list[Source]:
         raise MissingData(f"{run.location} stores no planted facts, which the fact tasks probe; give a task file")
     facts = facts.sort_values("id")
     classes = [str(f) for f in facts["id"]]
-    subjects = {str(r["id"]): _json(r["subject"]) for r in facts.to_dict("records")}
+    subjects = {str(r["id"]): json_cell(r["subject"]) for r in facts.to_dict("records")}
     docs = _corpus(run).set_index("document_id")
     sources = []
     for lang in ("en", "ja"):
@@ -280,7 +281,3 @@ def _control(token_type: np.ndarray, labels: np.ndarray, n_classes: int, seed: i
     types = np.unique(token_type)
     drawn = rng.choice(n_classes, size=len(types), p=prior)
     return drawn[np.searchsorted(types, token_type)]
-
-
-def _json(value):
-    return json.loads(value) if isinstance(value, str) else value

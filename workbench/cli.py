@@ -339,7 +339,9 @@ def results_cmd(
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250):
         typer.echo(table.to_string(float_format=lambda v: f"{v:.4g}"))
     if plot is not None:
-        fig = analysis.plot(ds, step, title=f"{name} of {run}" + (f" at step {step}" if step is not None else ""))
+        from workbench.figures.results import results_figure
+
+        fig = results_figure(name, ds, step, title=f"{name} of {run}" + (f" at step {step}" if step is not None else ""))
         plot.parent.mkdir(parents=True, exist_ok=True)
         fig.write_html(plot, include_plotlyjs=True)  # self-contained: opens offline
         typer.echo(f"plot written to {plot}")

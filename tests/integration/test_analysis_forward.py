@@ -228,7 +228,7 @@ def test_activation_statistics_equal_direct_computations(run, ref, step):
 
 def test_layer_stats_merge_over_partitions_in_any_order(run, rows, ref):
     from workbench.analysis import forward
-    from workbench.analysis.activations import Activations, LayerStats
+    from workbench.analyses.activations import Activations, LayerStats
 
     a = ref(30)
     ids = torch.tensor([r for d in sorted(rows) for r in rows[d]], dtype=torch.int64)
@@ -434,7 +434,8 @@ def test_memorization_sequences_greedy_continuations_and_exposure_counts(run, tr
 def test_times_seen_counts_a_batch_once_when_it_holds_several_copies(run, training, monkeypatch):
     """A batch holding two pieces of a target (two copies of a canary, or a span cut across two rows of one
     batch) is one exposure: `times_seen` counts batches, as documented, not pieces."""
-    from workbench.analysis import StepContext, WorkerState, memorization
+    from workbench.analyses import memorization
+    from workbench.analysis import StepContext, WorkerState
 
     docs, batches = training
     # Find, in the recorded data order, a document with two pieces in one batch and a canary with two
@@ -500,10 +501,10 @@ def test_two_worker_processes_give_the_in_process_results(run, _trained, tmp_pat
 
 def test_wb_results_plots_the_memorisation_heatmap_and_summaries(run, tmp_path):
     from tests.conftest import wb
-    from workbench.analysis import get
+    from workbench.figures import results_figure
 
     ds = run.results("memorization").load()
-    fig = get("memorization").plot(ds)
+    fig = results_figure("memorization", ds)
     df = ds["token_match"].to_dataframe().reset_index()
     df = df[df["kind"] == "canary"]
     want = df.groupby(["copies", "step"])["token_match"].mean().unstack("step")  # copies × step, sorted

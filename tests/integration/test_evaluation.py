@@ -13,8 +13,8 @@ import torch
 import workbench
 from tests.conftest import wb
 from workbench.analysis import analyze
-from workbench.analysis.evaluation import metrics
-from workbench.analysis.evaluation.tasks import LLMJP_SYSTEM, read_file
+from workbench.analyses.evaluation import metrics
+from workbench.analyses.evaluation.tasks import LLMJP_SYSTEM, read_file
 from workbench.errors import MissingData, UsageError
 
 QUESTIONS = [("The capital of Velmora is", [" Tarsk", " Orrin", " Calloway"], 0),
@@ -154,8 +154,8 @@ def test_bad_input_is_named(trained_run, tmp_path):
 
 
 def test_the_harness_bridge_agrees_with_the_native_scorer(trained_run, questions, tmp_path):
-    from workbench.analysis.evaluation import Scorer, harness
-    from workbench.analysis.evaluation.tasks import read_file as read
+    from workbench.analyses.evaluation import Scorer, harness
+    from workbench.analyses.evaluation.tasks import read_file as read
 
     tasks = tmp_path / "yaml"
     tasks.mkdir()

@@ -70,8 +70,8 @@ def test_lm_eval_scores_the_export_as_wb_evaluate_does(trained_run, tmp_path):
     `wb evaluate` computes it (the stored mean of the gold choices too)."""
     import torch
 
-    from workbench.analysis.evaluation import Scorer
-    from workbench.analysis.evaluation.tasks import builtin, read_file
+    from workbench.analyses.evaluation import Scorer
+    from workbench.analyses.evaluation.tasks import builtin, read_file
 
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps({"question": q, "choices": c, "label": l}, ensure_ascii=False) + "\n"

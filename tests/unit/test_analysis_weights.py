@@ -11,7 +11,7 @@ import xarray as xr
 
 import workbench
 from workbench.analysis import analyze
-from workbench.analysis.weights import STATISTICS, effective_rank, powerlaw_fit
+from workbench.analyses.weights import STATISTICS, effective_rank, powerlaw_fit
 from workbench.store.tensors import TensorGroup
 from workbench.store.verify import checkpoint_distances
 

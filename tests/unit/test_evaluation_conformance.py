@@ -19,10 +19,10 @@ from fuzzywuzzy import fuzz
 from lm_eval.api.model import TemplateLM
 from tokenizers import Tokenizer, models
 
-from workbench.analysis import jsonl
+from workbench.analysis import readers
 from workbench.analysis.evalset import load_file
-from workbench.analysis.evaluation import Scorer, harness, metrics
-from workbench.analysis.evaluation.tasks import LLMJP_SYSTEM, Choice, Task, read_file
+from workbench.analyses.evaluation import Scorer, harness, metrics
+from workbench.analyses.evaluation.tasks import LLMJP_SYSTEM, Choice, Task, read_file
 from workbench.errors import UsageError
 
 # ---------------------------------------------------------------------------------------------- char_f1
@@ -252,7 +252,7 @@ def test_lines_end_at_newlines_only(tmp_path):
     path.write_bytes(question(text="a\u2028b\x85c") + question(label=5))
     with pytest.raises(UsageError, match=r"q\.jsonl:2: label 5"):
         read_file(path, 0, None)
-    assert [rec["question"] for _, rec in jsonl.records(path)] == ["a\u2028b\x85c", "q"]
+    assert [rec["question"] for _, rec in readers.records(path)] == ["a\u2028b\x85c", "q"]
 
 
 

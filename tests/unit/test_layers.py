@@ -20,6 +20,7 @@ LAYER_OF = {
     "workbench.api": 5,  # the Run / Checkpoint facade that workbench.open returns
     "workbench.figures": 5,  # the dashboard's figures, for notebooks too
     "probes": 4,
+    "workbench.analyses": 4,  # the built-in analyses, registered by entry point as probes are
     "workbench.analysis": 3,
     "workbench.models": 2,
     "training": 1,
@@ -134,5 +135,16 @@ def test_the_check_catches_an_upward_import(tmp_path):
     assert not allowed("workbench.store.run", "workbench.analysis")
     assert not allowed("workbench.models.views", "training.config")
     assert not allowed("training.trainer", "workbench")
-    assert allowed("workbench.analysis.loss", "workbench.models.capture")
+    assert allowed("workbench.analyses.loss", "workbench.models.capture")
+    assert not allowed("workbench.analysis.plan", "workbench.analyses.weights")  # the engine names no analysis
     assert allowed("workbench.cli", "training.trainer")
+
+
+def test_the_engine_loads_without_the_built_in_analyses():
+    """The built-ins register through the entry point, when the registry is first asked, as plugins do."""
+    import subprocess
+
+    code = ("import sys, workbench.analysis as a; assert 'workbench.analyses' not in sys.modules; "
+            "names = set(a.registry()); assert 'workbench.analyses.weights' in sys.modules; print(sorted(names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert {"weights", "loss", "activations", "lens", "similarity", "memorization", "evaluation", "probes"} <= set(eval(out))

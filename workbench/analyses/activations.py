@@ -70,7 +70,7 @@ class Activations(Analysis):
     summary_vars = ("resid_norm", "resid_kurtosis", "massive_ratio", "fire_rate", "dead_units", "attn_entropy",
                     "sink_mass")
     description = ("residual-stream norm and kurtosis, massive activations, dead MLP units, attention entropy "
-                   "and sink mass per layer (see workbench/analysis/activations.py)")
+                   "and sink mass per layer (see workbench/analyses/activations.py)")
 
     @dataclass(frozen=True)
     class Params(forward.EvalParams):

@@ -23,7 +23,7 @@ class Lens(Analysis):
     name = "lens"
     kind = "forward"
     dims = ("layer",)
-    description = "logit lens per layer: KL to the final distribution, top-1 agreement (see workbench/analysis/lens.py)"
+    description = "logit lens per layer: KL to the final distribution, top-1 agreement (see workbench/analyses/lens.py)"
 
     Params = forward.EvalParams
 

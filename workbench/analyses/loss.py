@@ -23,7 +23,7 @@ class Loss(Analysis):
     name = "loss"
     kind = "forward"
     dims = ("domain", "token")
-    description = "held-out next-token loss per domain and per token (see workbench/analysis/loss.py)"
+    description = "held-out next-token loss per domain and per token (see workbench/analyses/loss.py)"
 
     @classmethod
     def summary(cls, ds: xr.Dataset, step: int | None = None):

@@ -28,6 +28,7 @@ import torch
 import xarray as xr
 
 from workbench.analysis.base import Analysis, StepContext
+from workbench.analysis.readers import json_cell
 from workbench.analysis.registry import register
 from workbench.errors import MissingData, UsageError
 from workbench.models.capture import generate
@@ -56,7 +57,7 @@ class Memorization(Analysis):
     reads_tables_upto = (ORDER,)  # times seen up to the step
     dims = ("sequence", "position")
     description = ("greedy completion of canaries and sampled training sequences, with how often and how "
-                   "recently each was seen (see workbench/analysis/memorization.py)")
+                   "recently each was seen (see workbench/analyses/memorization.py)")
 
     @dataclass(frozen=True)
     class Params:
@@ -76,18 +77,6 @@ class Memorization(Analysis):
         rates = df.groupby(["step", "kind"])[["exact_match", "token_match"]].mean().unstack("kind")
         rates.columns = [f"{v}[{k}]" for v, k in rates.columns]
         return rates
-
-    @classmethod
-    def plot(cls, ds: xr.Dataset, step: int | None = None, title: str = ""):
-        """Without `step`: the step × frequency heatmap of the canaries' token-level match (mean over the
-        canaries of each copy count), the view of memorisation studies; with `step`, the summary's bars."""
-        if step is not None or "canary" not in set(ds["kind"].values.tolist()):
-            return super().plot(ds, step, title)
-        from workbench.analysis.plots import step_frequency_heatmap
-
-        ds = ds[["token_match"]].load()
-        match = ds["token_match"].where(ds["kind"] == "canary", drop=True)
-        return step_frequency_heatmap(match, title or "canary memorisation: token-level match by step and frequency")
 
     def check(self, run, eval_set) -> None:
         if run.table(DOCUMENTS) is None or run.table(ORDER) is None:
@@ -168,7 +157,7 @@ def _canaries(run, p) -> list[Sequence]:
     docs = run.documents().set_index("document_id")["text"]
     out = []
     for row in table.to_dict("records"):
-        ids = [int(i) for i in _json(row["document_ids"])]
+        ids = [int(i) for i in json_cell(row["document_ids"])]
         secret = row["text"].rsplit(" ", 1)[-1]
         spans, prompt, target = [], None, None
         for doc, enc in zip(ids, _encode(run, [docs[i] for i in ids])):
@@ -216,9 +205,3 @@ def exposures(run, seqs: list[Sequence]) -> list[np.ndarray]:
                 steps.append(g.loc[hit, "step"].to_numpy())
         out.append(np.unique(np.concatenate(steps)) if steps else np.array([], dtype=np.int64))
     return out
-
-
-def _json(value):
-    import json
-
-    return json.loads(value) if isinstance(value, str) else value

@@ -41,7 +41,7 @@ class Similarity(Analysis):
     kind = "forward"
     reads_checkpoints = ("step", "prev")  # cka_prev
     dims = ("layer", "other_layer")
-    description = "linear CKA between layers and with the previous checkpoint (see workbench/analysis/similarity.py)"
+    description = "linear CKA between layers and with the previous checkpoint (see workbench/analyses/similarity.py)"
 
     @dataclass(frozen=True)
     class Params:

@@ -60,7 +60,7 @@ class Weights(Analysis):
     kind = "weights"
     reads_checkpoints = ("step", "prev", "init")  # dist_to_prev, dist_to_init
     dims = ("param",)
-    description = "spectral and trajectory statistics of every weight matrix (see workbench/analysis/weights.py)"
+    description = "spectral and trajectory statistics of every weight matrix (see workbench/analyses/weights.py)"
 
     @dataclass(frozen=True)
     class Params:

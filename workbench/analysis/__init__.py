@@ -5,13 +5,14 @@
     run.analyze(["weights"], steps="0:20000:1000", workers=2)
     ds = run.results("weights")            # xarray.Dataset [step, param]
 
-Write an analysis: subclass `Analysis`, decorate with `@register` (see `workbench.analysis.base`).
-Built-in analyses live in the modules of `BUILTIN`, imported here so that they register.
+This package is the engine: the `Analysis` base class and registry, the plan with provenance, the executors,
+the commit loop, per-worker state, and the readers of task and data files. Analyses register from above it
+through the entry-point group `workbench.analyses`: the built-in ones (`workbench.analyses`) and plugins such as
+`probes` alike, so the engine loads without them. Write one: subclass `Analysis`, decorate with `@register`
+(see `workbench.analysis.base`), and name its module in that group.
 """
 
 from __future__ import annotations
-
-import importlib
 
 from workbench.analysis.base import Analysis, AnalysisFailed, StepContext
 from workbench.analysis.evalset import EvalSet
@@ -23,12 +24,6 @@ from workbench.analysis.state import WorkerState
 from workbench.analysis.steps import parse as parse_steps
 from workbench.analysis.steps import select as select_steps
 from workbench.store.results import ResultsMismatch
-
-BUILTIN = tuple(f"workbench.analysis.{m}" for m in ("weights", "loss", "activations", "lens", "similarity",
-                                                    "memorization", "evaluation"))
-
-for _module in BUILTIN:
-    importlib.import_module(_module)
 
 __all__ = ["Analysis", "AnalysisFailed", "EvalSet", "Plan", "ResultsMismatch", "StepContext", "WorkerState",
            "analyze", "get", "load_results", "make_plan", "parse_steps", "register", "registry", "resolve",

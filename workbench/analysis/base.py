@@ -151,13 +151,6 @@ class Analysis:
             cols[v] = (da.mean(other) if other else da).to_series()
         return pd.DataFrame(cols)
 
-    @classmethod
-    def plot(cls, ds: "xr.Dataset", step: int | None = None, title: str = ""):
-        """A plotly figure of the results (default: `summary(ds, step)` as lines over the steps, or bars)."""
-        from workbench.analysis.plots import summary_figure
-
-        return summary_figure(cls.summary(ds, step), title)
-
 
 def finalize(analysis: Analysis, ds, step: int):
     """Check one step's Dataset and give it its `step` dimension."""

@@ -4,10 +4,9 @@
 The driver loads it once and ships it to every worker (Dask scatter), so a file need not be readable by
 the workers. Its fingerprint is stored with the results: a re-run on another evaluation set must recompute.
 
-File formats (one document per record):
-- `.jsonl`: a JSON object per line with `text`, optional `domain` and `document_id`;
-- `.txt`: one document per non-empty line;
-- `.parquet`: a row per document, column `text`, optional `domain` and `document_id`.
+File formats (`workbench.analysis.readers.documents`), one document per record: `.jsonl` (a JSON object per line
+with `text`, optional `domain` and `document_id`), `.txt` (one document per non-empty line), `.parquet` (a row
+per document, column `text`, optional `domain` and `document_id`).
 """
 
 from __future__ import annotations
@@ -19,14 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workbench.analysis import jsonl
+from workbench.analysis import readers
 from workbench.errors import MissingData, UsageError
 
 if TYPE_CHECKING:
     from workbench.analysis.base import Analysis
     from workbench.store.run import Run
-
-FORMATS = ".txt, .jsonl or .parquet of text"
 
 
 @dataclass(frozen=True)
@@ -65,50 +62,26 @@ def heldout(run: "Run") -> EvalSet | None:
 
 
 def load_file(path: str | os.PathLike) -> EvalSet:
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"evaluation set {p} is a folder; give a {FORMATS} file")
-    if not p.is_file():
-        raise UsageError(f"evaluation set {p} not found (give a {FORMATS} file)")
-    suffix = p.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        records = []
-        for where, rec in jsonl.records(p):
-            if not isinstance(rec.get("text"), str):
-                raise UsageError(f"{where}: expected a JSON object with a string 'text'")
-            records.append(rec)
-    elif suffix == ".txt":
-        records = [{"text": line} for line in jsonl.read_text(p).splitlines() if line.strip()]
-    elif suffix == ".parquet":
-        import pandas as pd
-
-        df = pd.read_parquet(p)
-        if "text" not in df:
-            raise UsageError(f"{p} has no 'text' column")
-        records = df.to_dict("records")
-    else:
-        raise UsageError(f"evaluation set {p}: unknown format {suffix!r}; give a {FORMATS} file")
-    if not records:
-        raise UsageError(f"evaluation set {p} holds no documents")
+    records = readers.documents(Path(path), "evaluation set")
     return EvalSet(tuple(str(r["text"]) for r in records), tuple(str(r.get("domain") or "all") for r in records),
-                   tuple(int(r.get("document_id", i)) for i, r in enumerate(records)), str(p))
+                   tuple(int(r.get("document_id", i)) for i, r in enumerate(records)), str(path))
 
 
 def resolve(run: "Run", analyses: list["Analysis"], eval_data: str | os.PathLike | None) -> EvalSet | None:
     """The evaluation set of the analyses that read one (None when none does), after checking that the run
     has what forward analyses need; else `MissingData` saying what the run lacks and how to supply it."""
     forward = [a.name for a in analyses if a.kind == "forward"]
-    readers = [a for a in analyses if a.needs_eval_set()]
+    reading = [a for a in analyses if a.needs_eval_set()]
     if not forward:
         return None
-    eval_set = (load_file(eval_data) if eval_data is not None else heldout(run)) if readers else None
+    eval_set = (load_file(eval_data) if eval_data is not None else heldout(run)) if reading else None
     missing, how = [], []
     if run.tokenizer is None:
         missing.append("tokenizer")
         how.append("store one with `wb import hf ... --tokenizer DIR`")
-    if readers and eval_set is None:
+    if reading and eval_set is None:
         missing.append("evaluation set")
-        how.append(f"give one with `--eval-data FILE` ({FORMATS})")
+        how.append(f"give one with `--eval-data FILE` ({readers.DOCUMENT_FORMATS})")
     if missing:
         needs = "needs" if len(forward) == 1 else "need"
         raise MissingData(f"{', '.join(forward)} {needs} a forward pass, but {run.location} has no "

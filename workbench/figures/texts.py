@@ -40,13 +40,16 @@ def shade(values, vmax: float) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- memorisation
 
-def canary_map(ds: "xr.Dataset"):
+def canary_map(ds: "xr.Dataset", title: str = "canaries: token-level match by step and copies in the corpus"):
     """Canaries: mean token-level match by step × copies in the corpus (the memorisation studies' view)."""
-    from workbench.analysis.plots import step_frequency_heatmap
+    import plotly.express as px
 
     ds = ds[["token_match"]].load()
-    return step_frequency_heatmap(ds["token_match"].where(ds["kind"] == "canary", drop=True),
-                                  "canaries: token-level match by step and copies in the corpus")
+    match = ds["token_match"].where(ds["kind"] == "canary", drop=True)
+    grid = match.groupby("copies").mean("sequence").transpose("copies", "step")  # [copies, step]
+    return px.imshow(grid.values, x=[str(s) for s in grid["step"].values], y=[str(c) for c in grid["copies"].values],
+                     labels={"x": "step", "y": "copies in the corpus", "color": "token match"}, zmin=0, zmax=1,
+                     aspect="auto", title=title)
 
 
 SEEN_BINS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -77,7 +80,7 @@ def memorization_examples(run: "Run", ds: "xr.Dataset", step: int, kind: str | N
     greedy continuation as text; `html` colours the continuation's tokens green where they match the target."""
     import pandas as pd
 
-    from workbench.analysis.memorization import Memorization, sequences
+    from workbench.analyses.memorization import Memorization, sequences
 
     params = Memorization.Params(**ds.attrs["analysis"]["params"])
     seqs = sequences(run, params)

@@ -1,9 +1,10 @@
-"""Any other analysis (a plugin's, say): its own figures (`Analysis.plot`) and summary table."""
+"""Any other analysis (a plugin's, say): the figures of its summary table (`workbench.figures.results_figure`)."""
 
 import streamlit as st
 
 from apps.dashboard import state
 from workbench.analysis import Analysis, registry
+from workbench.figures import results_figure
 
 BUILT_IN = {"weights", "activations", "lens", "similarity", "memorization", "loss", "probes", "evaluation"}
 sel = state.selection()
@@ -16,7 +17,7 @@ name = state.choose("analysis", names, "analysis")
 ds = state.results(sel.run, name)
 cls = registry().get(name, Analysis)
 st.caption(ds.attrs.get("description", ""))
-st.plotly_chart(cls.plot(ds, title=name), key="summary")
+st.plotly_chart(results_figure(name, ds, title=name), key="summary")
 if sel.step in ds["step"].values:
-    st.plotly_chart(cls.plot(ds, sel.step, title=f"{name} at step {sel.step}"), key="at-step")
+    st.plotly_chart(results_figure(name, ds, sel.step, title=f"{name} at step {sel.step}"), key="at-step")
 st.dataframe(cls.summary(ds))

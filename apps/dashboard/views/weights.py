@@ -4,7 +4,7 @@ import streamlit as st
 
 import workbench.figures as wf
 from apps.dashboard import state
-from workbench.analysis.weights import STATISTICS
+from workbench.analyses.weights import STATISTICS
 
 sel, ds = state.page_of("Weights", "weights")
 left, right = st.columns(2)

@@ -28,8 +28,9 @@ import numpy as np
 import xarray as xr
 
 from workbench.analysis.base import Analysis, StepContext
-from workbench.analysis.evaluation import harness, metrics
-from workbench.analysis.evaluation.tasks import BUILTIN, Choice, Generation, Task, builtin, read_file
+from workbench.analysis.readers import json_cell
+from workbench.analyses.evaluation import harness, metrics
+from workbench.analyses.evaluation.tasks import BUILTIN, Choice, Generation, Task, builtin, read_file
 from workbench.analysis.registry import register
 from workbench.errors import MissingData, UsageError
 
@@ -80,7 +81,7 @@ class Evaluation(Analysis):
         facts = run.table("data/facts")
         if facts is None:
             return []
-        copies = [_json(c) for c in facts["copies"]]
+        copies = [json_cell(c) for c in facts["copies"]]
         has = {"en": any(c["en"] for c in copies), "ja": any(c["ja"] for c in copies),
                "en2ja": any(c["en"] and not c["ja"] for c in copies), "ja2en": any(c["ja"] and not c["en"] for c in copies)}
         return [f"facts-{k}" for k in ("en", "ja", "en2ja", "ja2en") if has[k]]
@@ -112,11 +113,6 @@ class Evaluation(Analysis):
         seen = ctx.cached("evaluation.fact_exposures", lambda: fact_exposures(ctx.run, facts)) if facts else {}
         return dataset(rows, tasks, facts, seen, ctx.step)
 
-
-def _json(value):
-    import json
-
-    return json.loads(value) if isinstance(value, str) else value
 
 
 class Scorer:
@@ -193,7 +189,7 @@ def fact_exposures(run, facts: list[str]) -> dict[str, np.ndarray]:
     """Per fact, the sorted steps whose batches held a piece of any document span where its statement is written."""
     import json
 
-    from workbench.analysis.memorization import Sequence, exposures
+    from workbench.analyses.memorization import Sequence, exposures
 
     try:
         docs = run.documents()

@@ -19,7 +19,7 @@ Files (any run), named by the file name without extension:
   question as it is and each continuation the choice as it is (no separator: Japanese has no spaces), or, with a
   `template`, `template.format(question=..., choices=...)`; `shots` examples (the file's first lines, then left
   out of the scored items) go before it, each as its context followed by its gold choice and a blank line.
-Every file is read under one UTF-8 policy (`workbench.analysis.jsonl.read_text`).
+Every file is read under one UTF-8 policy (`workbench.analysis.readers.read_text`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.analysis import jsonl
+from workbench.analysis import readers
+from workbench.analysis.readers import json_cell
 from workbench.errors import MissingData, UsageError
 
 BUILTIN = ("facts-en", "facts-ja", "facts-en2ja", "facts-ja2en")
@@ -70,7 +71,7 @@ def builtin(run, name: str) -> Task:
     if facts is None or facts.empty:
         raise MissingData(f"{name} asks the facts planted in the training corpus, which {run.location} does not "
                           "store (an imported run?); give a task file (.json from llm-jp-eval, .jsonl of questions)")
-    facts = [{k: _json(v) for k, v in row.items()} for row in facts.sort_values("id").to_dict("records")]
+    facts = [{k: json_cell(v) for k, v in row.items()} for row in facts.sort_values("id").to_dict("records")]
     taught, asked = {"facts-en": ("en", "en"), "facts-ja": ("ja", "ja"), "facts-en2ja": ("en", "ja"),
                      "facts-ja2en": ("ja", "en")}[name]
     one_language = name.endswith(("2ja", "2en"))
@@ -83,9 +84,6 @@ def builtin(run, name: str) -> Task:
     return Task(name, tuple(choices), tuple(generations))
 
 
-def _json(value):
-    return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
-
 
 # ---------------------------------------------------------------------------------------------- files
 
@@ -96,7 +94,7 @@ def read_file(path: str | Path, shots: int, template: str | None) -> Task:
         raise UsageError(f"evaluation task file {p} not found (give an llm-jp-eval .json, a .jsonl of questions, "
                          f"or one of {', '.join(BUILTIN)})")
     raw = p.read_bytes()
-    text = jsonl.read_text(p, raw)
+    text = readers.read_text(p, raw)
     if p.suffix == ".json":
         doc = _document(p, text)
         train = _train_file(p) if shots else None
@@ -144,7 +142,7 @@ def _few_shots(p: Path, doc: dict, train: Path | None, train_raw: bytes, shots: 
     """The first `shots` examples: of the train file when there is one, else the file's `few_shots`; a warning
     when fewer exist."""
     source = train or p
-    items = _document(train, jsonl.read_text(train, train_raw))["samples"] if train else doc.get("few_shots", [])
+    items = _document(train, readers.read_text(train, train_raw))["samples"] if train else doc.get("few_shots", [])
     examples = _examples(source, items, "sample" if train else "few-shot example")
     if len(examples) < shots:
         logging.getLogger(__name__).warning("%s holds %d few-shot example(s), fewer than the %d asked: the prompt "
@@ -167,7 +165,7 @@ def _llmjp(p: Path, doc: dict, few: list[tuple[str, str]]) -> tuple[Generation, 
 
 def _questions(p: Path, text: str, shots: int, template: str | None) -> tuple[Choice, ...]:
     items = []
-    for where, rec in jsonl.records(p, text):
+    for where, rec in readers.records(p, text):
         choices = rec.get("choices")
         if not isinstance(rec.get("question"), str) or not isinstance(choices, list) \
                 or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
