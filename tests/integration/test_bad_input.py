@@ -16,7 +16,9 @@ def toml_with(old: str, new: str) -> str:
     return SMALL_TOML.replace(old, new)
 
 
-# (id, argv with {tmp} / {run} / {file} / {config} placeholders, config text or None, exit code, words)
+# (id, argv with {tmp} / {run} / {file} / {config} / {bad} placeholders, config text or None, exit code, words);
+# {bad} is a JSON Lines file whose line 2 is not valid UTF-8
+BAD_UTF8 = ['{bad}:2:', "not valid UTF-8"]
 CASES = [
     ("kv-heads-not-dividing-heads", ["train", "--config", "{config}", "--out", "{tmp}/new"],
      toml_with("num_key_value_heads = 2", "num_key_value_heads = 3"), 2, ["num_key_value_heads", "3", "4"]),
@@ -59,6 +61,11 @@ CASES = [
     ("import-onto-a-file", ["import", "hf", "{hf}", "--out", "{file}"], None, 2, ["{file}", "file"]),
     ("import-negative-step", ["import", "hf", "{hf}", "--step", "-3", "--out", "{tmp}/new"], None, 2,
      ["--step", "-3"]),
+    ("evaluate-task-file-not-utf8", ["evaluate", "{run}", "--tasks", "{bad}", "--workers", "0"], None, 2, BAD_UTF8),
+    ("probe-task-file-not-utf8", ["probe", "{run}", "--tasks", "{bad}", "--workers", "0"], None, 2, BAD_UTF8),
+    ("eval-data-not-utf8", ["analyze", "{run}", "--only", "loss", "--eval-data", "{bad}", "--workers", "0"], None, 2,
+     BAD_UTF8),
+    ("train-config-not-utf8", ["train", "--config", "{bad}", "--out", "{tmp}/new"], None, 2, BAD_UTF8),
 ]
 
 
@@ -78,8 +85,10 @@ def test_bad_input_gets_one_line_and_the_right_exit_code(case, tmp_path, importe
     _, argv, config, code, words = case
     file = tmp_path / "a-file.txt"
     file.write_text("not a run\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "fine", "label": "a"}\n{"text": "caf\xe9", "label": "b"}\n')  # Latin-1, not UTF-8
     names = {"tmp": tmp_path, "run": imported_run, "file": file, "config": tmp_path / "bad.toml",
-             "hf": hf_trajectory((0,))[0]}
+             "hf": hf_trajectory((0,))[0], "bad": bad}
     if config is not None:
         names["config"].write_text(config)
     before = sorted(p.name for p in tmp_path.iterdir())
