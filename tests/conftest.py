@@ -111,6 +111,19 @@ def new_run(tmp_path, tiny_config):
     return make
 
 
+@pytest.fixture
+def seeded_run(new_run, hf_state_dicts):
+    """Factory: `seeded_run(steps)` -> the path of a fresh run holding the seeded tiny model at those steps."""
+
+    def make(steps) -> Path:
+        path, writer = new_run()
+        for step, sd in hf_state_dicts(steps).items():
+            writer.write_checkpoint(step, sd)
+        return path
+
+    return make
+
+
 SMALL_TOML = """
 [model]
 vocab_size = 384

@@ -63,11 +63,8 @@ def test_analyses():
 
 
 @pytest.fixture
-def run_path(new_run, hf_state_dicts):
-    path, writer = new_run()
-    for step, sd in hf_state_dicts(STEPS).items():
-        writer.write_checkpoint(step, sd)
-    return path
+def run_path(seeded_run):
+    return seeded_run(STEPS)
 
 
 def frobenius(run_path, step: int) -> float:
