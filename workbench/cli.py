@@ -314,7 +314,7 @@ def results_cmd(
 
     import workbench
     from workbench.analysis import Analysis, registry
-    from workbench.analysis.provenance import stale_steps, summary
+    from workbench.analysis.provenance import stale_steps, summary, without
     from workbench.errors import StepNotFound
 
     r = workbench.open(run)
@@ -330,7 +330,7 @@ def results_cmd(
         if any(stale.values()):
             typer.echo(f"stale steps read a checkpoint or table that has changed since; `wb analyze {run}` recomputes them")
         return
-    ds = r.results(name)
+    ds = without(r.results(name))
     have = [int(s) for s in ds["step"].values]
     if step is not None and step not in have:
         raise StepNotFound(step, have, f"{name} results")

@@ -104,6 +104,9 @@ def test_each_step_records_what_it_read(run_path):
         assert json.loads(read) == want
     assert set(json.loads(ds["provenance_params"].values[0])) == {"min_tail"}
     assert "provenance_code" in ds.coords and len(set(ids.values())) == len(STEPS)
+    for argv in ([], ["--step", "10"]):  # tables show the values, not the provenance
+        code, out = wb("results", run_path, "weights", *argv)
+        assert code == 0 and "frobenius_norm" in out and "provenance" not in out
 
 
 def test_a_changed_run_table_makes_the_steps_that_read_it_stale(run_path):
@@ -159,3 +162,13 @@ def test_appending_results_with_other_labels_is_refused(run_path):
     with pytest.raises(ResultsMismatch, match="coordinate 'source' of the new results differs from the stored one"):
         writer.write_results(update(10, [7, 8]), "second")
     assert workbench.open(run_path).results("test_labelled")["source"].values.tolist() == [5, 6]
+
+
+def test_results_stored_before_provenance_are_recomputed_whole(run_path, caplog):
+    ds = xr.Dataset({"rows": ("step", [0, 0, 0, 0], {"description": "rows of data/extra"})}, coords={"step": list(STEPS)})
+    workbench.RunWriter(run_path).write_results({"test_rows": Update(ds, {"name": "test_rows", "params": {}})}, "old")
+    with pytest.raises(ResultsMismatch, match="step 0, not among the steps asked for, was stored before provenance"):
+        analyze(run_path, ["test_rows"], steps=[10], workers=0)
+    assert analyze(run_path, ["test_rows"], workers=0, progress=False) == {"test_rows": list(STEPS)}
+    assert "test_rows: recomputing 4 step(s) (0: stored before provenance was recorded" in caplog.text
+    assert "provenance_checkpoints" in workbench.open(run_path).results("test_rows").coords

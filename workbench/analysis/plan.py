@@ -106,11 +106,14 @@ def _pending(run: "Run", a: "Analysis", chosen: list[int], want: dict[int, Prove
     shared = {k: v for k, v in want[chosen[0]].inputs.items() if not k.endswith("@step")}
     for s in kept:  # kept steps must have read alike what every step reads (evaluation set, files, whole tables)
         old = have[s]
-        differ = ["provenance"] if old is None else sorted(k for k, v in shared.items() if old.inputs.get(k) != v)
-        if differ:
-            raise ResultsMismatch(f"{where}: step {s}, not among the steps asked for, was computed with another "
-                                  f"{differ[0]} than the steps to compute now would be; analyse every step (leave out "
-                                  "--steps) so that all of them are recomputed")
+        if old is None:
+            how = "stored before provenance was recorded"
+        elif differ := sorted(k for k, v in shared.items() if old.inputs.get(k) != v):
+            how = f"computed with another {differ[0]} than the steps to compute now would be"
+        else:
+            continue
+        raise ResultsMismatch(f"{where}: step {s}, not among the steps asked for, was {how}; analyse every step "
+                              "(leave out --steps) so that all of them are recomputed")
     pending = [s for s in chosen if recompute or s not in have or s in stale]
     redone = tuple(s for s in pending if s in have)
     return pending, redone or False, stale

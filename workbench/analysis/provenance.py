@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from workbench.analysis.base import Analysis
     from workbench.analysis.evalset import EvalSet
     from workbench.store.run import Run
@@ -45,6 +47,11 @@ class Provenance:
             return None
         checkpoints, inputs, params = (json.loads(values[c]) for c in COORDS[:3])
         return cls(checkpoints, inputs, params, values[COORDS[3]])
+
+
+def without(ds: "xr.Dataset") -> "xr.Dataset":
+    """`ds` without its provenance coordinates: for tables and figures of the values."""
+    return ds.drop_vars([c for c in COORDS if c in ds.variables])
 
 
 def checkpoints_read(cls: type["Analysis"], step: int, steps: tuple[int, ...]) -> list[int]:

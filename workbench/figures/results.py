@@ -13,9 +13,10 @@ if TYPE_CHECKING:
 
 def results_figure(name: str, ds: "xr.Dataset", step: int | None = None, title: str = ""):
     """The figure of analysis `name`'s results `ds` (at `step`, or over the steps)."""
-    from workbench.analysis import Analysis, registry
+    from workbench.analysis import Analysis, provenance, registry
     from workbench.figures.texts import canary_map
 
+    ds = provenance.without(ds)
     if name == "memorization" and step is None and "canary" in set(ds["kind"].values.tolist()):
         return canary_map(ds, title)
     return summary_figure(registry().get(name, Analysis).summary(ds, step), title)
