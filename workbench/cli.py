@@ -135,14 +135,18 @@ def export_hf(
     run: RunArg,
     step: Annotated[int, typer.Option(help="checkpoint step to export")],
     out: Annotated[Path, typer.Option("--out", help="new folder for config.json + model.safetensors")],
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="largest safetensors file (5GB, 500MB, 2GiB)")] = "5GB",
 ):
-    """Export one checkpoint as an HF folder that transformers' from_pretrained loads."""
+    """Export one checkpoint as an HF folder that transformers' from_pretrained loads (tensor by tensor)."""
     import workbench
     from workbench.models.views import tokenizer_config
     from workbench.store.hf import export_hf as run_export
+    from workbench.store.hf import parse_size
 
+    limit = parse_size(max_shard_size)
     r = workbench.open(run)
-    typer.echo(f"wrote {run_export(r, step, out, tokenizer_config(r) if r.tokenizer is not None else None)}")
+    config = tokenizer_config(r) if r.tokenizer is not None else None
+    typer.echo(f"wrote {run_export(r, step, out, config, limit)}")
 
 
 @app.command()

@@ -72,6 +72,41 @@ def test_export_loads_in_transformers_with_identical_weights(suite, tmp_path):
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_export_in_shards_reads_one_tensor_at_a_time(suite, tmp_path, monkeypatch, tiny_config):
+    """`--max-shard-size` splits the export as save_pretrained does (an index naming each tensor's file), each
+    file as safetensors reads it; the run is read tensor by tensor, never a whole checkpoint."""
+    from workbench.store.tensors import TensorGroup
+
+    wb("import", "hf", suite, "--out", tmp_path / "run")
+    reads = []
+    read_array = TensorGroup.read_array
+
+    async def counted(self, name, arr, step, idx, layers=slice(None)):
+        reads.append(layers)
+        return await read_array(self, name, arr, step, idx, layers)
+
+    monkeypatch.setattr(TensorGroup, "read", lambda *a, **k: pytest.fail("export read a whole checkpoint"))
+    monkeypatch.setattr(TensorGroup, "read_array", counted)
+    code, out = wb("export", "hf", tmp_path / "run", "--step", "1000", "--out", tmp_path / "exported",
+                   "--max-shard-size", "20KB")
+    assert code == 0, out
+    want = load_file(suite / "step1000" / "model.safetensors")
+    assert len(reads) == len(want) and all(s.stop is None or s.stop - s.start == 1 for s in reads)
+    index = json.loads((tmp_path / "exported" / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    assert index["weight_map"].keys() == want.keys()
+    for name in files:
+        shard = load_file(tmp_path / "exported" / name)  # safetensors itself reads every file
+        assert sum(t.numel() * t.element_size() for t in shard.values()) <= 20_000 or len(shard) == 1
+        assert all(torch.equal(shard[k], want[k]) and index["weight_map"][k] == name for k in shard)
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    code, out = wb("export", "hf", tmp_path / "run", "--step", "1000", "--out", tmp_path / "again",
+                   "--max-shard-size", "big")
+    assert code == 2 and "--max-shard-size" in out and "'big'" in out and not (tmp_path / "again").exists()
+
+
 def test_pickle_only_checkpoint_needs_allow_pickle(tmp_path):
     folder = tmp_path / "step100"
     torch.manual_seed(0)

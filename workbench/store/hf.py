@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import struct
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from zarr.core.sync import sync
 
 from workbench.errors import CorruptData, IncompatibleCheckpoint, RunNotFound, UnsafeFormat, UsageError
-
-from workbench.store.layout import Layout
+from workbench.store.layout import Layout, to_numpy
+from workbench.store.tensors import LazyTensor, Tensor
 from workbench.store.textfile import read_json_object
 
 if TYPE_CHECKING:
@@ -23,6 +29,10 @@ if TYPE_CHECKING:
 
 # Per-step folder names of public suites: Pythia `step1000`, HF Trainer `checkpoint-1000`, Megatron `iter_0001000`.
 STEP_FOLDER = re.compile(r"^(?:step|global_step|checkpoint-|iter_)0*(\d+)$")
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+DEFAULT_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default ("5GB")
 # config.json keys that describe how a file was saved, not the model.
 VOLATILE_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"}
 
@@ -109,16 +119,31 @@ def tensor_shapes(files: list[Path], step: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+@contextmanager
+def lazy_state_dict(files: list[Path]) -> Iterator[dict[str, Tensor]]:
+    """The checkpoint's tensors by name, read only as the writer takes them: `LazyTensor`s over the open
+    safetensors files (shape and dtype from their headers), pickle files memory-mapped (`weights_only`)."""
+    from safetensors import safe_open
 
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            state.update(load_file(f))
-        else:
-            state.update(torch.load(f, map_location="cpu", weights_only=True))
-    return state
+    with ExitStack() as stack:
+        state: dict[str, Tensor] = {}
+        for f in files:
+            if f.suffix != ".safetensors":
+                state.update(_load_pickle(f))
+                continue
+            handle = stack.enter_context(safe_open(str(f), framework="pt"))
+            for name in handle.keys():
+                part = handle.get_slice(name)
+                state[name] = LazyTensor(tuple(part.get_shape()), SAFETENSORS_DTYPES[part.get_dtype()],
+                                         partial(handle.get_tensor, name))
+        yield state
+
+
+def _load_pickle(f: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True, mmap=True)  # pages read as they are written
+    except RuntimeError:  # a legacy (non-zip) pickle cannot be mapped
+        return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def config_difference(a: dict, b: dict) -> list[str]:
@@ -171,7 +196,8 @@ def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: in
         if tokenizer is not None:
             writer.set_tokenizer(_find_tokenizer(tokenizer, checkpoints))
     for c, files in tqdm(plan, desc="import", unit="ckpt", disable=not progress):
-        writer.write_checkpoint(c.step, load_state_dict(files), overwrite=overwrite)
+        with lazy_state_dict(files) as state:
+            writer.write_checkpoint(c.step, state, overwrite=overwrite)
     return [c.step for c, _ in plan]
 
 
@@ -188,15 +214,17 @@ def _find_tokenizer(tokenizer, checkpoints: list[HFCheckpoint]) -> Path | None:
     return None
 
 
-def export_hf(run, step: int, out: str | os.PathLike, tokenizer_config: dict | None = None) -> Path:
-    """Write one checkpoint as an HF folder that `AutoModelForCausalLM.from_pretrained` loads unchanged.
+def export_hf(run, step: int, out: str | os.PathLike, tokenizer_config: dict | None = None,
+              max_shard_size: int = DEFAULT_SHARD_BYTES) -> Path:
+    """Write one checkpoint as an HF folder that `AutoModelForCausalLM.from_pretrained` loads unchanged:
+    `model.safetensors`, or shards of at most `max_shard_size` bytes with `model.safetensors.index.json` as
+    transformers' `save_pretrained` names them (a tensor larger than that is a shard of its own).
 
-    Written to a temporary folder beside `out` and renamed into place, so a failed export leaves nothing.
-    `tokenizer_config` is the tokenizer_config.json written beside the run's tokenizer (the layers above know
-    the model family's special tokens: `workbench.models.views.tokenizer_config`).
+    Tensor by tensor: each is read from the run and appended to its shard, so memory holds one tensor, never the
+    checkpoint. Written to a temporary folder beside `out` and renamed into place, so a failed export leaves
+    nothing. `tokenizer_config` is the tokenizer_config.json written beside the run's tokenizer (the layers above
+    know the model family's special tokens: `workbench.models.views.tokenizer_config`).
     """
-    from safetensors.torch import save_file
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a new folder for the exported checkpoint")
@@ -204,15 +232,25 @@ def export_hf(run, step: int, out: str | os.PathLike, tokenizer_config: dict | N
         raise UsageError(f"--out {out} exists and is not empty; give a new folder")
     if step < 0:
         raise UsageError(f"--step must be a non-negative integer, got {step}")
+    if not (isinstance(max_shard_size, int) and max_shard_size > 0):
+        raise UsageError(f"--max-shard-size must be a positive number of bytes, got {max_shard_size!r}")
     config = run.model_config
     if "model_type" not in config:
         raise UsageError("the run's model config has no model_type, so transformers cannot load an export")
-    state = run.checkpoint(step).state_dict()  # views into whole-layer reads, which safetensors saves as they are
+    tensors = run.checkpoint(step).lazy_state_dict()
+    shards = _shards(tensors, max_shard_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "step": str(step)})
+        names = ["model.safetensors"] if len(shards) == 1 else [
+            f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        for name, shard in zip(names, shards):
+            write_safetensors(tmp / name, {k: tensors[k] for k in shard}, {"format": "pt", "step": str(step)})
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())},
+                     "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         if run.tokenizer is not None:
             run.tokenizer.save(str(tmp / "tokenizer.json"))
             config_json = tokenizer_config or {"tokenizer_class": "PreTrainedTokenizerFast"}
@@ -225,3 +263,52 @@ def export_hf(run, step: int, out: str | os.PathLike, tokenizer_config: dict | N
         raise
     return out
 
+
+def parse_size(text: str) -> int:
+    """Bytes of a size as transformers writes `max_shard_size`: "5GB" (powers of 1000), "2GiB" (of 1024), or a
+    number of bytes; a `UsageError` otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    if not match or float(match[1]) <= 0:
+        raise UsageError(f"--max-shard-size must be a size such as 5GB, 500MB or 2GiB, got {text!r}")
+    power = "KMGT".find(match[2].upper()) + 1 if match[2] else 0
+    return int(float(match[1]) * (1024 if match[3] else 1000) ** power)
+
+
+def _nbytes(t: LazyTensor) -> int:
+    return math.prod(t.shape) * t.dtype.itemsize
+
+
+def _shards(tensors: dict[str, LazyTensor], limit: int) -> list[list[str]]:
+    """The names in order, grouped into shards of at most `limit` bytes (one larger tensor alone)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(tensors):
+        n = _nbytes(tensors[name])
+        if shards[-1] and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += n
+    return shards
+
+
+def write_safetensors(path: Path, tensors: dict[str, LazyTensor], metadata: dict[str, str]) -> None:
+    """A safetensors file written one tensor at a time: the header (names, dtypes, shapes, byte offsets, known
+    before any tensor is read), then each tensor's bytes as it is loaded. safetensors' own `save_file` takes every
+    tensor of the file in memory at once; the format (an 8-byte header length, the JSON header padded to 8 bytes,
+    the raw little-endian data) is its specification, and the tests read the files back with safetensors."""
+    codes = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for name, t in tensors.items():
+        header[name] = {"dtype": codes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + _nbytes(t)]}
+        offset += _nbytes(t)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for name, lazy in tensors.items():
+            t = sync(lazy.get())
+            if tuple(t.shape) != tuple(lazy.shape) or t.dtype != lazy.dtype:
+                raise ValueError(f"{name} read as {tuple(t.shape)} {t.dtype}, its header says {lazy.shape} {lazy.dtype}")
+            f.write(to_numpy(t).tobytes())

@@ -3,7 +3,8 @@
 Every checkpoint (parameters and optimizer state) is written again in the new layout, one commit per step in
 the source's order, with the rows of its step-keyed tables (metrics, data order) in the same commit and the
 other tables (the corpus, planted facts) with the first; results and table attributes follow in a last
-commit, which also records where the run came from. One checkpoint is held in memory at a time.
+commit, which also records where the run came from. Tensors move one at a time (a few in flight), read from the
+source as the new run writes them: memory does not grow with the model.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def repack(source: str | os.PathLike, out: str | os.PathLike, layout: Layout = L
         checkpoint = src.checkpoint(step)
         last = i == len(order) - 1
         rows = {path: _rows(columns, previous, step, first=i == 0, last=last) for path, columns in tables.items()}
-        writer.write_checkpoint(step, checkpoint.state_dict(), checkpoint.optimizer_state(),
+        writer.write_checkpoint(step, checkpoint.lazy_state_dict(), checkpoint.optimizer_state(lazy=True),
                                 tables={path: r for path, r in rows.items() if r is not None})
         previous = max(previous, step)
     with writer.transaction("repack: results, table attributes", {"repacked_from": os.fspath(source)}) as session:

@@ -23,7 +23,7 @@ from workbench.store.layout import (CHECKPOINTS, DOCUMENTS, META, METRICS, OPTIM
 from workbench.store.storage import open_repository
 from workbench.store import tables
 from workbench.store.tables import read as read_table
-from workbench.store.tensors import TensorGroup
+from workbench.store.tensors import LazyTensor, TensorGroup
 
 
 class Run:
@@ -300,9 +300,15 @@ class Checkpoint:
         """Parameters under HF names, in their stored dtype, bit-exact."""
         return sync(self.run._params.read(self.step))
 
-    def optimizer_state(self) -> dict[str, dict[str, torch.Tensor]] | None:
-        """AdamW state per parameter name (`exp_avg`, `exp_avg_sq`, `step`), or None when not stored."""
-        return sync(_read_optimizer(self.run.store, self.step))
+    def lazy_state_dict(self) -> dict[str, LazyTensor]:
+        """`state_dict()` as `LazyTensor`s, each reading its one tensor when loaded: to move a checkpoint (export,
+        repack) without holding it."""
+        return sync(self.run._params.lazy(self.step))
+
+    def optimizer_state(self, lazy: bool = False) -> dict[str, dict[str, torch.Tensor]] | None:
+        """AdamW state per parameter name (`exp_avg`, `exp_avg_sq`, `step`), or None when not stored; with `lazy`,
+        as `LazyTensor`s (see `lazy_state_dict`)."""
+        return sync(_read_optimizer(self.run.store, self.step, lazy))
 
     def array(self, template: str, layers: slice = slice(None)) -> torch.Tensor:
         """One parameter by template in its stored dtype, reading only what is asked: `[layer, ...]` of
@@ -323,7 +329,7 @@ class Checkpoint:
 Run.checkpoint_type = Checkpoint
 
 
-async def _read_optimizer(store, step: int) -> dict[str, dict[str, torch.Tensor]] | None:
+async def _read_optimizer(store, step: int, lazy: bool = False) -> dict[str, dict[str, torch.Tensor]] | None:
     from zarr.api.asynchronous import open_group
 
     try:
@@ -335,7 +341,7 @@ async def _read_optimizer(store, step: int) -> dict[str, dict[str, torch.Tensor]
         group = await TensorGroup.open(store, f"{OPTIMIZER}/{slot}")
         if group is None or step not in group.steps:
             continue
-        for name, t in (await group.read(step)).items():
+        for name, t in (await (group.lazy(step) if lazy else group.read(step))).items():
             state.setdefault(name, {})[slot] = t
     return state or None
 

@@ -7,10 +7,14 @@ Arrays grow by one along `step` per checkpoint; a step's index is its position i
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import defaultdict
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 
+import crc32c
 import numpy as np
 import torch
 from zarr.api.asynchronous import open_group
@@ -27,6 +31,26 @@ from workbench.store.layout import (STEP, TENSORS, V3, Key, Layout, array_codecs
 # decompress (RuntimeError). Fetching them is another matter: an OSError or IcechunkError says nothing of the data.
 DECODE_ERRORS = (ValueError, RuntimeError)
 FETCH_ERRORS = (OSError, icechunk.IcechunkError)
+LOADS_IN_FLIGHT = 4  # lazy tensors read at once while a checkpoint is written
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor known by its shape and dtype and read only when it is used (`load()`, or `await load()` when it
+    returns an awaitable, as the run's own tensors do): importers, export and repack move checkpoints as these,
+    and `RunWriter.write_checkpoint` holds at most `LOADS_IN_FLIGHT` of them at once, so that moving a
+    checkpoint needs a few tensors' memory, not the model's."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    load: Callable[[], torch.Tensor | Awaitable[torch.Tensor]]
+
+    async def get(self) -> torch.Tensor:
+        t = self.load()
+        return await t if inspect.isawaitable(t) else t
+
+
+Tensor = torch.Tensor | LazyTensor
 
 
 @dataclass(frozen=True)
@@ -43,7 +67,7 @@ class Spec:
         return f"{layers}{list(self.shape)} {self.dtype}"
 
 
-def specs_of(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Spec], dict[str, list[tuple[int | None, torch.Tensor]]]]:
+def specs_of(tensors: dict[str, Tensor]) -> tuple[dict[str, Spec], dict[str, list[tuple[int | None, Tensor]]]]:
     """Group a flat HF state dict by array; check that every stacked array has layers 0..L-1 of one shape."""
     parts: dict[str, list[tuple[Key, torch.Tensor]]] = defaultdict(list)
     for name, t in tensors.items():
@@ -133,9 +157,10 @@ class TensorGroup:
     async def arrays(self) -> dict[str, object]:
         return {name: arr async for name, arr in self.group.arrays() if name != STEP}
 
-    async def write(self, step: int, tensors: dict[str, torch.Tensor], overwrite: bool = False,
-                    layout: Layout = Layout(), head_dim: int | None = None) -> None:
-        """Stage `tensors` as `step` (the caller commits). Arrays new to the group are created in `layout`
+    async def write(self, step: int, tensors: dict[str, Tensor], overwrite: bool = False,
+                    layout: Layout = Layout(), head_dim: int | None = None) -> dict[str, int]:
+        """Stage `tensors` (tensors, or `LazyTensor`s read as they are written) as `step` (the caller commits);
+        returns the crc32c of each tensor's bytes by name. Arrays new to the group are created in `layout`
         (`head_dim` cuts attention matrices into heads); existing arrays keep theirs."""
         specs, items = specs_of(tensors)
         existing = await self.arrays()
@@ -163,14 +188,24 @@ class TensorGroup:
             elif arr.shape[0] != n:
                 await arr.resize((n, *arr.shape[1:]))
             arrays[name] = arr
-        await asyncio.gather(*(self._write_tensor(arrays[name], (idx,) if layer is None else (idx, layer), to_numpy(t))
-                               for name, entries in items.items() for layer, t in entries))
+        crcs: dict[str, int] = {}
+        loads = asyncio.Semaphore(LOADS_IN_FLIGHT)
+
+        async def put(name: str, layer: int | None, t: Tensor) -> None:
+            async with loads if isinstance(t, LazyTensor) else nullcontext():  # in-memory ones need no wait
+                data = to_numpy(await t.get() if isinstance(t, LazyTensor) else t)
+                full = specs[name].template.format(layer=layer) if layer is not None else specs[name].template
+                crcs[full] = crc32c.crc32c(data.reshape(-1).view(np.uint8))
+                await self._write_tensor(arrays[name], (idx,) if layer is None else (idx, layer), data)
+
+        await asyncio.gather(*(put(name, layer, t) for name, entries in items.items() for layer, t in entries))
         coord = await self.group.getitem(STEP)
         if coord.shape[0] != n:
             await coord.resize((n,))
         await coord.setitem(idx, step)
         if idx == len(self.steps):
             self.steps.append(step)
+        return crcs
 
     async def _write_tensor(self, arr, index: tuple[int, ...], tensor: np.ndarray) -> None:
         codec = self.codec(arr)
@@ -197,6 +232,26 @@ class TensorGroup:
             else:
                 out[arr.attrs["name"]] = t
         return out
+
+    async def lazy(self, step: int) -> dict[str, LazyTensor]:
+        """Every tensor of `step` by HF name as a `LazyTensor` that reads that tensor alone (one layer of one
+        array) when loaded: how export and repack move a checkpoint without holding it."""
+        idx = self.index(step)
+        out = {}
+        for name, arr in (await self.arrays()).items():
+            template, dtype = arr.attrs["name"], getattr(torch, arr.attrs["dtype"])
+            if "layer" in arr.metadata.dimension_names:
+                out.update((template.format(layer=l), LazyTensor(tuple(arr.shape[2:]), dtype,
+                                                                 partial(self._one, name, arr, step, idx, l)))
+                           for l in range(arr.shape[1]))
+            else:
+                out[template] = LazyTensor(tuple(arr.shape[1:]), dtype, partial(self._one, name, arr, step, idx, None))
+        return out
+
+    async def _one(self, name: str, arr, step: int, idx: int, layer: int | None) -> torch.Tensor:
+        if layer is None:
+            return to_torch(await self.read_array(name, arr, step, idx), arr.attrs["dtype"])
+        return to_torch(await self.read_array(name, arr, step, idx, slice(layer, layer + 1)), arr.attrs["dtype"])[0]
 
     async def read_array(self, name: str, arr, step: int, idx: int, layers: slice = slice(None)) -> np.ndarray:
         """One step of one stacked array ([layer, ...] for `layers` of a stacked array, else the tensor),

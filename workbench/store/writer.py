@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-import crc32c
 import icechunk
 import numpy as np
 import torch
@@ -19,14 +18,13 @@ from zarr.core.sync import sync
 
 from workbench.errors import ConcurrentWrite, UsageError
 from workbench.store import results as results_io
-from workbench.store.layout import (CHECKPOINTS, FORMAT_VERSION, META, OPTIMIZER, PARAMS, V3, Layout, head_dim_of,
-                                    to_numpy)
+from workbench.store.layout import CHECKPOINTS, FORMAT_VERSION, META, OPTIMIZER, PARAMS, V3, Layout, head_dim_of
 from workbench.store.storage import create_repository, local_path, open_repository
 from workbench.store.tables import append as append_rows
-from workbench.store.tensors import TensorGroup
+from workbench.store.tensors import LazyTensor, Tensor, TensorGroup
 from workbench.store.textfile import read_text
 
-OptimizerState = dict[str, dict[str, torch.Tensor]]  # HF parameter name -> slot (exp_avg, ...) -> tensor
+OptimizerState = dict[str, dict[str, "Tensor"]]  # HF parameter name -> slot (exp_avg, ...) -> tensor or LazyTensor
 Tables = dict[str, dict[str, object]]  # table path -> column -> 1-D values
 # Checks tensor shapes (name -> shape) against a model config, raising IncompatibleCheckpoint; `complete`: every
 # parameter the config implies must be there. The store knows no model: layers above pass one in.
@@ -80,13 +78,14 @@ class RunWriter:
         self.repo = _repo or open_repository(location)
         self.validate = validate
 
-    def write_checkpoint(self, step: int, state_dict: dict[str, torch.Tensor],
+    def write_checkpoint(self, step: int, state_dict: dict[str, Tensor],
                          optimizer_state: OptimizerState | None = None, overwrite: bool = False,
                          tables: Tables | None = None) -> str:
         """Commit one checkpoint atomically; returns the Icechunk snapshot id.
 
-        Readers see the step whole or not at all. Writing an existing step raises `StepExists` unless
-        `overwrite=True`. `tables` (path -> column -> values) are rows appended in the same commit, such
+        Readers see the step whole or not at all. `state_dict` values may be `LazyTensor`s, read one after
+        another as they are written (an importer's way to need a few tensors' memory, not the model's). Writing
+        an existing step raises `StepExists` unless `overwrite=True`. `tables` (path -> column -> values) are rows appended in the same commit, such
         as the data order and metrics of the steps trained since the previous checkpoint.
         """
         if not isinstance(step, (int, np.integer)) or step < 0:
@@ -99,10 +98,8 @@ class RunWriter:
             self.validate({k: tuple(v.shape) for k, v in state_dict.items()}, config, True)
             self.validate = None  # the run's layout is fixed by then: later steps are checked against it
         layout = Layout.from_attrs(attrs.get("workbench", {}).get("layout"))
-        logged = {"step": [step], "content": [content_digest(state_dict)],
-                  "written": [datetime.now(timezone.utc).isoformat(timespec="seconds")]}
-        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, {**(tables or {}), CHECKPOINTS: logged},
-                    layout, head_dim_of(config)))
+        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, tables or {}, layout,
+                    head_dim_of(config)))
         snapshot = self._commit(session, f"checkpoint step {step}", {"step": step})
         self._tag(step, snapshot)
         return snapshot
@@ -163,8 +160,11 @@ class RunWriter:
 
 async def _stage(store, step: int, state_dict, optimizer_state: OptimizerState | None, overwrite: bool,
                  tables: Tables, layout: Layout, head_dim: int | None) -> None:
+    """The checkpoint's tensors, then its row of the checkpoint log, then `tables`, into one session."""
     params = await TensorGroup.open(store, PARAMS, create=True)
-    await params.write(step, state_dict, overwrite, layout, head_dim)
+    crcs = await params.write(step, state_dict, overwrite, layout, head_dim)
+    tables = {**tables, CHECKPOINTS: {"step": [step], "content": [content_digest(state_dict, crcs)],
+                                      "written": [datetime.now(timezone.utc).isoformat(timespec="seconds")]}}
     for slot, tensors in _slots(optimizer_state or {}).items():
         group = await TensorGroup.open(store, f"{OPTIMIZER}/{slot}", create=True)
         await group.write(step, tensors, overwrite, layout, head_dim)
@@ -172,24 +172,25 @@ async def _stage(store, step: int, state_dict, optimizer_state: OptimizerState |
         await append_rows(store, path, rows)
 
 
-def content_digest(state_dict: dict[str, torch.Tensor]) -> str:
+def content_digest(state_dict: dict[str, Tensor], crcs: dict[str, int]) -> str:
     """The identity of a checkpoint's parameters: a digest of every tensor's name, dtype, shape and the crc32c
-    of its bytes. Results record it, so a checkpoint overwritten with other values makes them stale."""
+    of its bytes (`crcs`, by name, as `TensorGroup.write` returns them). Results record it, so a checkpoint
+    overwritten with other values makes them stale."""
     h = hashlib.blake2b(digest_size=12)
     for name in sorted(state_dict):
         t = state_dict[name]
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0{crc32c.crc32c(to_numpy(t).reshape(-1).view(np.uint8))}\n".encode())
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0{crcs[name]}\n".encode())
     return h.hexdigest()
 
 
-def _slots(state: OptimizerState) -> dict[str, dict[str, torch.Tensor]]:
+def _slots(state: OptimizerState) -> dict[str, dict[str, Tensor]]:
     """{param: {slot: t}} -> {slot: {param: t}}; scalar Python numbers become 0-d tensors."""
-    slots: dict[str, dict[str, torch.Tensor]] = {}
+    slots: dict[str, dict[str, Tensor]] = {}
     for name, per_param in state.items():
         for slot, value in per_param.items():
             if not slot.isidentifier():
                 raise UsageError(f"optimizer slot name {slot!r} of {name} must be an identifier")
-            slots.setdefault(slot, {})[name] = torch.as_tensor(value)
+            slots.setdefault(slot, {})[name] = value if isinstance(value, LazyTensor) else torch.as_tensor(value)
     return slots
 
 
