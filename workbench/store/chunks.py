@@ -33,7 +33,7 @@ def blosc_codec(itemsize: int) -> Blosc:
 def encode(tensor: np.ndarray) -> bytes:
     """One chunk's bytes: blosc-compressed little-endian tensor, then its crc32c (little-endian)."""
     body = blosc_codec(tensor.dtype.itemsize).encode(np.ascontiguousarray(tensor))
-    return bytes(body) + np.uint32(crc32c.crc32c(body)).tobytes()
+    return b"".join((body, np.uint32(crc32c.crc32c(body)).tobytes()))  # one copy of the body, not two
 
 
 def decode_into(data, out: np.ndarray) -> None:
@@ -70,11 +70,6 @@ def key(arr, index: tuple[int, ...]) -> str:
     """Store key of the chunk holding the tensor at `index` (step index, and layer when stacked)."""
     coords = (*index, *(0 for _ in range(arr.ndim - len(index))))
     return f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
-
-
-async def write(store, arr, index: tuple[int, ...], tensor: np.ndarray) -> None:
-    data = await asyncio.to_thread(encode, tensor)
-    await store.set(key(arr, index), default_buffer_prototype().buffer.from_bytes(data))
 
 
 async def read_into(store, arr, index: tuple[int, ...], out: np.ndarray) -> None:

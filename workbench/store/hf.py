@@ -14,8 +14,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
+import numpy as np
 import torch
 from zarr.core.sync import sync
 
@@ -121,22 +122,39 @@ def tensor_shapes(files: list[Path], step: int) -> dict[str, tuple[int, ...]]:
 
 @contextmanager
 def lazy_state_dict(files: list[Path]) -> Iterator[dict[str, Tensor]]:
-    """The checkpoint's tensors by name, read only as the writer takes them: `LazyTensor`s over the open
-    safetensors files (shape and dtype from their headers), pickle files memory-mapped (`weights_only`)."""
-    from safetensors import safe_open
-
+    """The checkpoint's tensors by name, read only as the writer takes them: `LazyTensor`s over the safetensors
+    files, pickle files memory-mapped (`weights_only`)."""
     with ExitStack() as stack:
         state: dict[str, Tensor] = {}
         for f in files:
-            if f.suffix != ".safetensors":
+            if f.suffix == ".safetensors":
+                state.update(read_safetensors(stack.enter_context(open(f, "rb"))))
+            else:
                 state.update(_load_pickle(f))
-                continue
-            handle = stack.enter_context(safe_open(str(f), framework="pt"))
-            for name in handle.keys():
-                part = handle.get_slice(name)
-                state[name] = LazyTensor(tuple(part.get_shape()), SAFETENSORS_DTYPES[part.get_dtype()],
-                                         partial(handle.get_tensor, name))
         yield state
+
+
+def read_safetensors(f: BinaryIO) -> dict[str, LazyTensor]:
+    """Every tensor of an open safetensors file as a `LazyTensor` that reads its own bytes when loaded (a plain
+    read of its byte range: safetensors' `safe_open` maps the file, and every page a load touches would stay
+    resident, and counted, until the file is closed)."""
+    (length,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    out = {}
+    for name, entry in header.items():
+        dtype, (begin, end) = SAFETENSORS_DTYPES[entry["dtype"]], entry["data_offsets"]
+        out[name] = LazyTensor(tuple(entry["shape"]), dtype, partial(_read_range, f, 8 + length + begin, end - begin,
+                                                                       tuple(entry["shape"]), dtype))
+    return out
+
+
+def _read_range(f: BinaryIO, offset: int, nbytes: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    data = bytearray(nbytes)
+    n = os.preadv(f.fileno(), [data], offset)
+    if n != nbytes:
+        raise CorruptData(f.name, None, f"truncated safetensors file: {n} of {nbytes} bytes at offset {offset}")
+    return torch.frombuffer(data, dtype=dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
 
 
 def _load_pickle(f: Path) -> dict[str, torch.Tensor]:
@@ -311,4 +329,5 @@ def write_safetensors(path: Path, tensors: dict[str, LazyTensor], metadata: dict
             t = sync(lazy.get())
             if tuple(t.shape) != tuple(lazy.shape) or t.dtype != lazy.dtype:
                 raise ValueError(f"{name} read as {tuple(t.shape)} {t.dtype}, its header says {lazy.shape} {lazy.dtype}")
-            f.write(to_numpy(t).tobytes())
+            f.write(to_numpy(t).reshape(-1).view(np.uint8).data)
+            del t  # before the next tensor is read

@@ -137,11 +137,6 @@ def inner_of(arr) -> tuple[int, ...]:
     return tuple(arr.chunks[stacked_axes(arr):])
 
 
-async def write(store, key: str, tensor: np.ndarray, inner: tuple[int, ...], lz4: bool) -> None:
-    data = await asyncio.to_thread(encode, tensor, inner, lz4)
-    await store.set(key, default_buffer_prototype().buffer.from_bytes(data))
-
-
 async def read_into(store, key: str, inner: tuple[int, ...], out: np.ndarray, lz4: bool, fill=0) -> None:
     """Decode the whole shard `key` into `out`; a shard never written reads as `fill`."""
     buf = await store.get(key, prototype=default_buffer_prototype())

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
-from contextlib import contextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,6 +19,7 @@ import crc32c
 import numpy as np
 import torch
 from zarr.api.asynchronous import open_group
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
 
 import icechunk
@@ -31,14 +33,14 @@ from workbench.store.layout import (STEP, TENSORS, V3, Key, Layout, array_codecs
 # decompress (RuntimeError). Fetching them is another matter: an OSError or IcechunkError says nothing of the data.
 DECODE_ERRORS = (ValueError, RuntimeError)
 FETCH_ERRORS = (OSError, icechunk.IcechunkError)
-LOADS_IN_FLIGHT = 4  # lazy tensors read at once while a checkpoint is written
+WRITE_BUDGET = 256 << 20  # bytes of tensors being encoded and written at once (one larger tensor goes alone)
 
 
 @dataclass(frozen=True)
 class LazyTensor:
     """A tensor known by its shape and dtype and read only when it is used (`load()`, or `await load()` when it
     returns an awaitable, as the run's own tensors do): importers, export and repack move checkpoints as these,
-    and `RunWriter.write_checkpoint` holds at most `LOADS_IN_FLIGHT` of them at once, so that moving a
+    and `RunWriter.write_checkpoint` reads them as its write budget allows (`WRITE_BUDGET`), so that moving a
     checkpoint needs a few tensors' memory, not the model's."""
 
     shape: tuple[int, ...]
@@ -189,14 +191,13 @@ class TensorGroup:
                 await arr.resize((n, *arr.shape[1:]))
             arrays[name] = arr
         crcs: dict[str, int] = {}
-        loads = asyncio.Semaphore(LOADS_IN_FLIGHT)
+        budget = _Budget(WRITE_BUDGET)
 
         async def put(name: str, layer: int | None, t: Tensor) -> None:
-            async with loads if isinstance(t, LazyTensor) else nullcontext():  # in-memory ones need no wait
-                data = to_numpy(await t.get() if isinstance(t, LazyTensor) else t)
+            async with budget.take(math.prod(t.shape) * t.dtype.itemsize):
                 full = specs[name].template.format(layer=layer) if layer is not None else specs[name].template
-                crcs[full] = crc32c.crc32c(data.reshape(-1).view(np.uint8))
-                await self._write_tensor(arrays[name], (idx,) if layer is None else (idx, layer), data)
+                index = (idx,) if layer is None else (idx, layer)
+                crcs[full] = await self._write_tensor(arrays[name], index, partial(_numpy_of, t))
 
         await asyncio.gather(*(put(name, layer, t) for name, entries in items.items() for layer, t in entries))
         coord = await self.group.getitem(STEP)
@@ -207,14 +208,17 @@ class TensorGroup:
             self.steps.append(step)
         return crcs
 
-    async def _write_tensor(self, arr, index: tuple[int, ...], tensor: np.ndarray) -> None:
+    async def _write_tensor(self, arr, index: tuple[int, ...], tensor: Callable[[], Awaitable[np.ndarray]]) -> int:
+        """Store one tensor, read by `tensor()` only now and dropped once encoded (so a large one is not held
+        beside its shard while the store takes it); returns the crc32c of its bytes (for the content id)."""
         codec = self.codec(arr)
-        if codec.kind == "shards":
-            await shards.write(self.group.store, chunks.key(arr, index), tensor, codec.inner, codec.lz4)
-        elif codec.kind == "whole":
-            await chunks.write(self.group.store, arr, index, tensor)
-        else:
-            await arr.setitem(index, tensor)
+        if codec.kind == "zarr":
+            data = await tensor()
+            await arr.setitem(index, data)
+            return crc32c.crc32c(data.reshape(-1).view(np.uint8))
+        encoded, crc = await asyncio.to_thread(_encode, codec, await tensor())
+        await self.group.store.set(chunks.key(arr, index), default_buffer_prototype().buffer.from_bytes(encoded))
+        return crc
 
     async def read(self, step: int, stacked: bool = False) -> dict[str, torch.Tensor]:
         """All tensors of `step`, under their HF names, in the stored dtype; with `stacked`, one tensor per
@@ -313,6 +317,36 @@ class TensorGroup:
             raise ReadFailed(path, step, where + first_line(e)) from e
         except DECODE_ERRORS as e:
             raise CorruptData(path, step, where + first_line(e)) from e
+
+
+async def _numpy_of(t: Tensor) -> np.ndarray:
+    return to_numpy(await t.get() if isinstance(t, LazyTensor) else t)
+
+
+def _encode(codec: Codec, tensor: np.ndarray) -> tuple[object, int]:
+    """The stored bytes of one tensor (a shard, or a format-1 chunk) and the crc32c of its raw bytes."""
+    crc = crc32c.crc32c(tensor.reshape(-1).view(np.uint8))
+    return (shards.encode(tensor, codec.inner, codec.lz4) if codec.kind == "shards" else chunks.encode(tensor)), crc
+
+
+class _Budget:
+    """At most `limit` bytes in flight, and always one item, however large: bounds the memory a checkpoint's
+    write holds (each tensor and its encoded shard) without serialising small tensors."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used, self.free = limit, 0, asyncio.Condition()
+
+    @asynccontextmanager
+    async def take(self, n: int) -> AsyncIterator[None]:
+        async with self.free:
+            await self.free.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            async with self.free:
+                self.used -= n
+                self.free.notify_all()
 
 
 def _check_compatible(have: dict[str, Spec], new: dict[str, Spec]) -> None:
