@@ -129,6 +129,24 @@ def import_hf(
     typer.echo(f"imported {len(steps)} checkpoint(s) into {out}: {_steps_text(steps)}")
 
 
+@import_app.command("megatron")
+@expected_errors
+def import_megatron(
+    root: Annotated[Path, typer.Argument(help="Megatron checkpoint folder holding iter_XXXXXXX folders")],
+    out: Annotated[str, typer.Option("--out", help="run to create or append to")],
+    iterations: Annotated[Optional[str], typer.Option(help="iterations A:B to import (inclusive)")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="only latest_checkpointed_iteration.txt's")] = False,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="folder or tokenizer.json to store with the run")] = None,
+    compression: Compression = None,
+):
+    """Import a Megatron-LM checkpoint (torch_dist or legacy per-rank; TP/PP merged) as LLaMA steps; no GPU."""
+    from workbench.models.megatron import import_megatron as run_import
+
+    steps = run_import(root, out, iterations, latest=latest, tokenizer=tokenizer, progress=sys.stderr.isatty(),
+                       layout=_layout(compression))
+    typer.echo(f"imported {len(steps)} checkpoint(s) into {out}: {_steps_text(steps)} (optimizer state not imported)")
+
+
 @export_app.command("hf")
 @expected_errors
 def export_hf(
