@@ -17,7 +17,7 @@ from workbench.analysis.commit import Committer
 from workbench.analysis.executors import DaskExecutor, LocalExecutor, check_scheduler_address
 from workbench.analysis.plan import make_plan
 from workbench.analysis.provenance import summary
-from workbench.errors import UsageError
+from workbench.errors import UsageError, first_line
 
 if TYPE_CHECKING:
     from workbench.store.run import Run
@@ -98,8 +98,7 @@ def _check_options(workers, scheduler, device, commit_every, commit_interval, re
 def _failed(failures: list[tuple[str, int, BaseException]], total: int) -> AnalysisFailed:
     """One line: each failed analysis with its steps and first error; the rest is stored."""
     def why(e: BaseException) -> str:
-        text = str(e).splitlines()[0] if str(e) else ""
-        return f"{type(e).__name__}: {text}" if text else type(e).__name__
+        return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
     by_name: dict[str, list[tuple[int, BaseException]]] = {}
     for name, step, error in failures:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.errors import IncompatibleCheckpoint, UnsafeFormat, UsageError
+from workbench.errors import IncompatibleCheckpoint, UnsafeFormat, UsageError, first_line
 
 # Classes DCP's `.metadata` pickle may name (module, qualname).
 _METADATA_CLASSES = frozenset({
@@ -66,8 +66,7 @@ def load_torch(source, name: str):
         with torch.serialization.safe_globals(_TORCH_SAFE):
             return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnsafeFormat(f"{name}: refused by the safe loader ({first[:200]})") from None
+        raise UnsafeFormat(f"{name}: refused by the safe loader ({first_line(e)[:200]})") from None
 
 
 def iterations(root: Path, select: str | None = None, latest: bool = False) -> list[tuple[int, Path]]:
