@@ -1,14 +1,19 @@
 """Import, export and repack in bounded memory (issue 18): peak resident memory and time, against a plain script.
 
-    .venv/bin/python benchmarks/imports.py [--layers 2,4,8] [--reps 1]
+    .venv/bin/python benchmarks/imports.py [--layers 2,4,8] [--formats hf,torch_dist] [--reps 1]
 
 A synthetic checkpoint at LLM-jp-13B widths (hidden 5120, MLP 13824, 40 heads, vocabulary 99,584, bfloat16,
-untied embeddings; `--layers` decoder layers, random values) is written by safetensors itself as an HF folder of
-5 GB shards with an index. Each step runs in a child process that reports its own peak resident set
-(`ru_maxrss`) and its time (the checkpoint is written by a child too: Linux counts in a child's `ru_maxrss` the
-pages it shares with its parent at fork, so the parent stays small):
-- import: `wb import hf FOLDER --out RUN`; the peer, a plain script: safetensors' `load_file` of every shard,
-  then `save_file` of the whole state dict into one new file (what a copying script holds: the model);
+untied embeddings; `--layers` decoder layers, random values), in two formats:
+- `hf`: written by safetensors itself as an HF folder of 5 GB shards with an index;
+- `torch_dist`: a Megatron-Core `torch_dist` iteration folder written by torch.distributed.checkpoint itself
+  (gloo, one process): MCore names, per-layer weights stacked `[L, …]` with one chunk per layer (a ShardedTensor
+  of per-layer shards, as megatron-core saves them), `common.pt` with Megatron-LM's args, `metadata.json`.
+Each step runs in a child process that reports its own peak resident set (`ru_maxrss`) and its time (the
+checkpoint is written by a child too: Linux counts in a child's `ru_maxrss` the pages it shares with its parent
+at fork, so the parent stays small):
+- import: `wb import hf FOLDER --out RUN` / `wb import megatron ROOT --out RUN`; the peer, a plain script:
+  safetensors' `load_file` of every shard (torch_dist: `torch.distributed.checkpoint.load` into the global
+  tensors), then `save_file` of the whole state dict into one new file (what a copying script holds: the model);
 - export: `wb export hf RUN --step 0 --out DIR`;
 - repack: `wb repack RUN --out RUN2 --compression lz4` (the same sharded layout, LZ4 inside the shards).
 Goal (issue 18): peak ≤ 2 × the largest tensor + 500 MB, and the same at every depth; import time ≥ 1.0× the
@@ -42,6 +47,14 @@ from safetensors.torch import load_file, save_file
 state = {{}}
 for f in sorted(Path({src!r}).glob("*.safetensors")):
     state.update(load_file(f))
+save_file(state, {dst!r})"""
+PEER_DCP = """import torch, torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
+from workbench.models.megatron import load_metadata
+meta = load_metadata({src!r} + "/.metadata")
+state = {{k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in meta.state_dict_metadata.items()
+          if hasattr(v, "chunks")}}
+dcp.load(state, checkpoint_id={src!r}, no_dist=True)
 save_file(state, {dst!r})"""
 
 
@@ -86,41 +99,100 @@ def write_checkpoint(folder: Path, layers: int) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def write_torch_dist(root: Path, layers: int) -> None:
+    """The synthetic checkpoint as Megatron-Core's torch_dist `root/iter_0001000`, saved by DCP under gloo."""
+    import argparse as ap
+    import os
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed._shard.sharded_tensor import Shard, ShardMetadata, init_from_local_shards
+
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
+
+    def stacked(*shape):  # one chunk per layer, as megatron-core saves per-layer weights
+        shards = [Shard(rand(1, *shape), ShardMetadata([i] + [0] * len(shape), [1, *shape], "rank:0/cpu"))
+                  for i in range(layers)]
+        return init_from_local_shards(shards, [layers, *shape])
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29571")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    p = "decoder.layers."
+    state = {"embedding.word_embeddings.weight": rand(VOCAB, HIDDEN), "output_layer.weight": rand(VOCAB, HIDDEN),
+             "decoder.final_layernorm.weight": rand(HIDDEN),
+             p + "self_attention.linear_qkv.weight": stacked(3 * HIDDEN, HIDDEN),
+             p + "self_attention.linear_qkv.layer_norm_weight": stacked(HIDDEN),
+             p + "self_attention.linear_proj.weight": stacked(HIDDEN, HIDDEN),
+             p + "mlp.linear_fc1.weight": stacked(2 * MLP, HIDDEN), p + "mlp.linear_fc1.layer_norm_weight": stacked(HIDDEN),
+             p + "mlp.linear_fc2.weight": stacked(HIDDEN, MLP)}
+    folder = root / "iter_0001000"
+    dcp.save(state, checkpoint_id=folder)
+    dist.destroy_process_group()
+    args = ap.Namespace(num_layers=layers, hidden_size=HIDDEN, ffn_hidden_size=MLP, num_attention_heads=HEADS,
+                        kv_channels=HIDDEN // HEADS, group_query_attention=False, max_position_embeddings=4096,
+                        seq_length=4096, norm_epsilon=1e-5, rotary_base=10000, vocab_size=VOCAB,
+                        padded_vocab_size=VOCAB, untie_embeddings_and_output_weights=True, params_dtype=torch.bfloat16,
+                        normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
+                        tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+    torch.save({"args": args, "checkpoint_version": 3.0, "iteration": 1000}, folder / "common.pt")
+    (folder / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
+                                                      "common_backend": "torch", "common_backend_version": 1}))
+    (root / "latest_checkpointed_iteration.txt").write_text("1000")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="2,4,8")
+    parser.add_argument("--tmp", help="folder for the checkpoints (default: the system's temporary folder)")
+    parser.add_argument("--formats", default="hf,torch_dist")
     parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--write", nargs=2, metavar=("FOLDER", "LAYERS"), help=argparse.SUPPRESS)
+    parser.add_argument("--write", nargs=3, metavar=("FORMAT", "FOLDER", "LAYERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.write:
-        write_checkpoint(Path(args.write[0]), int(args.write[1]))
+        (write_checkpoint if args.write[0] == "hf" else write_torch_dist)(Path(args.write[1]), int(args.write[2]))
         return
     rows = []
-    for layers in (int(x) for x in args.layers.split(",")):
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            subprocess.run([sys.executable, __file__, "--write", str(tmp / "hf" / "step0"), str(layers)], check=True)
-            largest = VOCAB * HIDDEN * 2  # the embeddings, bfloat16
-            total = sum(f.stat().st_size for f in (tmp / "hf" / "step0").glob("*.safetensors"))
-            for rep in range(args.reps):
-                peer = child(PEER.format(src=str(tmp / "hf" / "step0"), dst=str(tmp / "copy.safetensors")))
-                (tmp / "copy.safetensors").unlink()
-                imp = child(WB.format(argv=["import", "hf", str(tmp / "hf"), "--out", str(tmp / "run")]))
-                exp = child(WB.format(argv=["export", "hf", str(tmp / "run"), "--step", "0", "--out", str(tmp / "out")]))
-                rep_ = child(WB.format(argv=["repack", str(tmp / "run"), "--out", str(tmp / "run2"), "--compression", "lz4"]))
-                for path in ("run", "out", "run2"):
-                    shutil.rmtree(tmp / path)
-                rows.append((layers, total, largest, peer, imp, exp, rep_))
-                print(f"{layers} layers ({total / 1e9:.1f} GB): peer {peer[0]:.1f} s {peer[1] / 1e9:.2f} GB; import "
-                      f"{imp[0]:.1f} s {imp[1] / 1e9:.2f} GB; export {exp[0]:.1f} s {exp[1] / 1e9:.2f} GB; repack "
-                      f"{rep_[0]:.1f} s {rep_[1] / 1e9:.2f} GB", flush=True)
-    print("\n| layers | checkpoint | bound (2×largest+0.5 GB) | peer s / GB | import s / GB | peer/import | export s / GB "
-          "| repack s / GB |\n|---|---:|---:|---:|---:|---:|---:|---:|")
-    for layers, total, largest, peer, imp, exp, rep_ in rows:
+    for fmt in args.formats.split(","):
+        for layers in (int(x) for x in args.layers.split(",")):
+            with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+                rows += measure(fmt, layers, Path(tmp), args.reps)
+    print("\n| format | layers | checkpoint | bound (2×largest+0.5 GB) | peer s / GB | import s / GB | peer/import "
+          "| export s / GB | repack s / GB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for fmt, layers, total, largest, peer, imp, exp, rep_ in rows:
         bound = (2 * largest + 5 * 10**8) / 1e9
-        print(f"| {layers} | {total / 1e9:.1f} GB | {bound:.2f} GB | {peer[0]:.1f} / {peer[1] / 1e9:.2f} | "
+        print(f"| {fmt} | {layers} | {total / 1e9:.1f} GB | {bound:.2f} GB | {peer[0]:.1f} / {peer[1] / 1e9:.2f} | "
               f"{imp[0]:.1f} / {imp[1] / 1e9:.2f} | {peer[0] / imp[0]:.2f} | {exp[0]:.1f} / {exp[1] / 1e9:.2f} | "
               f"{rep_[0]:.1f} / {rep_[1] / 1e9:.2f} |")
+
+
+def measure(fmt: str, layers: int, tmp: Path, reps: int) -> list[tuple]:
+    """`reps` rows of (format, layers, checkpoint bytes, largest tensor bytes, peer, import, export, repack)."""
+    src = tmp / "src"
+    folder = src / "step0" if fmt == "hf" else src / "iter_0001000"
+    subprocess.run([sys.executable, __file__, "--write", fmt, str(folder if fmt == "hf" else src), str(layers)],
+                   check=True)
+    largest = VOCAB * HIDDEN * 2  # the embeddings, bfloat16
+    total = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".distcp"))
+    peer_script = PEER if fmt == "hf" else PEER_DCP
+    importer = ["import", "hf", str(src)] if fmt == "hf" else ["import", "megatron", str(src)]
+    rows = []
+    for _ in range(reps):
+        peer = child(peer_script.format(src=str(folder), dst=str(tmp / "copy.safetensors")))
+        (tmp / "copy.safetensors").unlink()
+        imp = child(WB.format(argv=importer + ["--out", str(tmp / "run")]))
+        exp = child(WB.format(argv=["export", "hf", str(tmp / "run"), "--step", "0" if fmt == "hf" else "1000",
+                                    "--out", str(tmp / "out")]))
+        rep_ = child(WB.format(argv=["repack", str(tmp / "run"), "--out", str(tmp / "run2"), "--compression", "lz4"]))
+        for path in ("run", "out", "run2"):
+            shutil.rmtree(tmp / path)
+        rows.append((fmt, layers, total, largest, peer, imp, exp, rep_))
+        print(f"{fmt} {layers} layers ({total / 1e9:.1f} GB): peer {peer[0]:.1f} s {peer[1] / 1e9:.2f} GB; import "
+              f"{imp[0]:.1f} s {imp[1] / 1e9:.2f} GB; export {exp[0]:.1f} s {exp[1] / 1e9:.2f} GB; repack "
+              f"{rep_[0]:.1f} s {rep_[1] / 1e9:.2f} GB", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -65,11 +65,14 @@ def write_all(root: Path, cfg: dict, layers: int, steps: int) -> tuple[dict[str,
     from tqdm import tqdm
 
     from workbench import store
+    from workbench.models.roles import parameter_roles
 
     model_config = {"model_type": "llama", "head_dim": cfg["hidden_size"] // cfg["num_attention_heads"], **cfg}
+    roles = parameter_roles(model_config)
     where = {"sharded": root / "sharded", "whole tensors": root / "whole", "safetensors": root / "st"}
-    writers = [store.create(where["sharded"], model_config),
-               store.create(where["whole tensors"], model_config, layout=store.Layout(sharded=False, compression="lz4"))]
+    writers = [store.create(where["sharded"], model_config, roles=roles),
+               store.create(where["whole tensors"], model_config, layout=store.Layout(sharded=False, compression="lz4"),
+                            roles=roles)]
     where["safetensors"].mkdir()
     manifests = where["sharded"] / "manifests"
     for i, (step, sd) in enumerate(tqdm(states(cfg, layers, steps), total=steps, desc="write", leave=False)):
@@ -232,11 +235,13 @@ def bench(args) -> None:
 
 def plan() -> None:
     """docs/SCALE.md's tables, from the configs and the layout rules."""
-    from workbench.store.layout import inner_chunks
+    from workbench.models.roles import parameter_roles
+    from workbench.store.layout import inner_chunks, role_cuts
     from workbench.store.shards import index_size
 
     for name, cfg in LLM_JP.items():
         width = cfg["hidden_size"] // cfg["num_attention_heads"]
+        cuts = role_cuts(parameter_roles({"model_type": "llama", **cfg}))
         layers = cfg["num_hidden_layers"]
         shapes = {k.replace("model.layers.0.", "model.layers.{layer}."): s for k, s in tensors(cfg, 1).items()}
         shapes["model.embed_tokens.weight"] = shapes["lm_head.weight"] = (cfg["vocab_size"], cfg["hidden_size"])
@@ -248,7 +253,7 @@ def plan() -> None:
               "bytes per inner chunk | shard index |")
         print("|---|---|---:|---:|---|---:|---:|---:|")
         for k, s in shapes.items():
-            inner = inner_chunks(k, s, width)
+            inner = inner_chunks(s, cuts.get(k))
             n = math.prod(a // b for a, b in zip(s, inner))
             print(f"| `{k.split('.')[-2] if '{layer}' in k else k}` | {list(s)} | {mb(math.prod(s) * 2)} MB | "
                   f"{layers if '{layer}' in k else 1} | {list(inner)} | {n} | {mb(math.prod(inner) * 2)} MB | "
@@ -256,7 +261,7 @@ def plan() -> None:
         q = shapes["model.layers.{layer}.self_attn.q_proj.weight"]
         mlp = shapes["model.layers.{layer}.mlp.up_proj.weight"]
         head_bytes = width * q[1] * 2 + 4 + index_size(q, (width, q[1]))
-        block = inner_chunks("mlp.up_proj.weight", mlp, width)[0]
+        block = inner_chunks(mlp, cuts["model.layers.{layer}.mlp.up_proj.weight"])[0]
         neuron_bytes = 3 * (block * mlp[1] * 2 + 4 + index_size(mlp, (block, mlp[1])))
         layer_bytes = sum(math.prod(s) * 2 for k, s in shapes.items() if "{layer}" in k) + 2 * cfg["hidden_size"] * 2
         print(f"\nAcross all {CHECKPOINTS} checkpoints: one head of q_proj reads {mb(head_bytes * CHECKPOINTS)} MB in "

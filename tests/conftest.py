@@ -97,6 +97,25 @@ def hf_state_dicts(hf_trajectory):
 
 
 @pytest.fixture
+def counted(monkeypatch):
+    """The requests and bytes the Icechunk store returns for chunk keys of `params/` from now on."""
+    import icechunk
+
+    seen = {"requests": 0, "bytes": 0}
+    get = icechunk.IcechunkStore.get
+
+    async def counting(self, key, prototype, byte_range=None):
+        buf = await get(self, key, prototype, byte_range)
+        if key.startswith("params/") and "/c/" in key:
+            seen["requests"] += 1
+            seen["bytes"] += 0 if buf is None else len(buf)
+        return buf
+
+    monkeypatch.setattr(icechunk.IcechunkStore, "get", counting)
+    return seen
+
+
+@pytest.fixture
 def new_run(tmp_path, tiny_config):
     """Factory: a fresh run (RunWriter) under tmp_path with the tiny model's config."""
     import workbench

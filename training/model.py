@@ -33,9 +33,10 @@ from torch import nn
 from training.config import ModelConfig
 from training.kernels import Ops, get_ops
 from workbench.errors import IncompatibleCheckpoint, UsageError
+from workbench.store.layout import head_role, neuron_role
 
 __all__ = ["HOOKS", "Hook", "HookHandle", "HookPoint", "KVCache", "Llama", "ModelConfig", "checkpoint_state",
-           "load_checkpoint_state"]
+           "load_checkpoint_state", "parameter_roles"]
 
 # TransformerLens names of every hook point, `{l}` for the layer (a test checks them against the module tree).
 HOOKS = ("hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.ln1.hook_normalized", "blocks.{l}.attn.hook_pattern",
@@ -415,6 +416,17 @@ def checkpoint_state(model: Llama) -> dict[str, torch.Tensor]:
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     return state
+
+
+def parameter_roles(heads: int, kv_heads: int, head_dim: int) -> dict:
+    """Which axes of `Llama`'s parameters (HF `LlamaForCausalLM` names) hold attention heads and MLP neurons, as
+    the run store records them: one head's rows of q, k and v (`kv_heads` of k and v), one head's columns of o;
+    an MLP neuron's rows of gate and up, its column of down."""
+    return {"head_dim": head_dim,
+            "heads": {p: head_role(f"model.layers.{{layer}}.self_attn.{p}_proj.weight", 1 if p == "o" else 0,
+                                   kv_heads if p in ("k", "v") else heads, head_dim) for p in ("q", "k", "v", "o")},
+            "neurons": [neuron_role(p, f"model.layers.{{layer}}.mlp.{p}_proj.weight", 1 if p == "down" else 0)
+                        for p in ("gate", "up", "down")]}
 
 
 def load_checkpoint_state(model: Llama, state: dict[str, torch.Tensor]) -> None:

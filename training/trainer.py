@@ -17,7 +17,7 @@ import torch
 
 from training.config import ModelConfig
 from training.dataset import Dataset, build_dataset
-from training.model import Llama, checkpoint_state, load_checkpoint_state
+from training.model import Llama, checkpoint_state, load_checkpoint_state, parameter_roles
 from training.train_config import TrainConfig, with_overrides
 from training.writer_thread import BackgroundWriter, host_copy
 from workbench.errors import MissingData, UsageError, WorkbenchError
@@ -118,8 +118,11 @@ class Trainer:
         else:
             data = build_dataset(self.cfg, self.model_cfg.vocab_size)
             self.model_cfg.eos_token_id = data.eos_id
-            writer = store.create(self.out, model_config=self.model_cfg.to_hf(), tokenizer=data.tokenizer,
-                                  train_config=asdict(self.cfg), layout=store.Layout(compression=self.cfg.compression))
+            model_cfg = self.model_cfg
+            roles = parameter_roles(model_cfg.num_attention_heads, model_cfg.num_key_value_heads, model_cfg.head_dim)
+            writer = store.create(self.out, model_config=model_cfg.to_hf(), tokenizer=data.tokenizer,
+                                  train_config=asdict(self.cfg), layout=store.Layout(compression=self.cfg.compression),
+                                  roles=roles)
             # The corpus and step 0 in one commit: a run either has both or no checkpoint at all.
             writer.write_checkpoint(0, host_copy(checkpoint_state(model)), tables=data.tables())
             start, tokens_seen = 0, 0

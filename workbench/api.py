@@ -1,7 +1,8 @@
 """The user-facing `Run` and `Checkpoint` (what `workbench.open` returns): the store's reader, plus the
 analyses (`analyze`, `results`) and the views of a checkpoint (`model`, `to_hf`, `to_hooked_transformer`,
 `to_nnsight`) from the layers above it. `create` and `RunWriter` check tensors against the model config
-through transformers (`workbench.models.config_check`), which the store alone cannot."""
+through transformers (`workbench.models.config_check`), and `create` records the parameter roles of the config's
+architecture (`workbench.models.roles`), which the store alone cannot."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 
 from workbench import store
 from workbench.models.config_check import check_against_config
+from workbench.models.roles import parameter_roles
 
 
 class Checkpoint(store.Checkpoint):
@@ -45,6 +47,11 @@ class Run(store.Run):
 
     checkpoint_type = Checkpoint
 
+    @property
+    def parameter_roles(self) -> dict | None:
+        """The run's recorded parameter roles or, for a run made before they were recorded, its model config's."""
+        return super().parameter_roles or parameter_roles(self.model_config)
+
     def analyze(self, names=None, steps=None, workers: int | None = None, scheduler: str | None = None,
                 progress: bool = True, **options) -> dict[str, list[int]]:
         """Compute analyses (default: all registered) at `steps` (default: all; a list, a slice over step
@@ -75,6 +82,8 @@ def create(location: str | os.PathLike, model_config: dict, tokenizer=None, trai
            layout: store.Layout = store.Layout()) -> RunWriter:
     """A new run at `location` (local folder or s3://bucket/prefix) with its metadata committed, and its writer.
     `tokenizer` is a `tokenizers.Tokenizer`, its JSON text, or a path to a tokenizer.json; `layout` says how its
-    tensors are stored (`workbench.store.Layout`: sharded and uncompressed by default)."""
-    store.create(location, model_config, tokenizer=tokenizer, train_config=train_config, layout=layout)
+    tensors are stored (`workbench.store.Layout`: sharded and uncompressed by default). The parameter roles of
+    the config's architecture (`workbench.models.roles`) are recorded with it."""
+    store.create(location, model_config, tokenizer=tokenizer, train_config=train_config, layout=layout,
+                 roles=parameter_roles(model_config))
     return RunWriter(location)

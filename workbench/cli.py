@@ -122,10 +122,12 @@ def import_hf(
 ):
     """Import HuggingFace checkpoint folders (Pythia step1000, HF checkpoint-1000, Megatron iter_0001000)."""
     from workbench.models.config_check import check_against_config
+    from workbench.models.roles import parameter_roles
     from workbench.store.hf import import_hf as run_import
 
     steps = run_import(src, out, step=step, allow_pickle=allow_pickle, tokenizer=tokenizer, overwrite=overwrite,
-                       progress=sys.stderr.isatty(), validate=check_against_config, layout=_layout(compression))
+                       progress=sys.stderr.isatty(), validate=check_against_config, layout=_layout(compression),
+                       roles_of=parameter_roles)
     typer.echo(f"imported {len(steps)} checkpoint(s) into {out}: {_steps_text(steps)}")
 
 
@@ -177,10 +179,11 @@ def repack(
         "--whole-tensors", help="one chunk per tensor (format 1) instead of sharded tensors")] = False,
 ):
     """Rewrite a run into the sharded layout (or another codec), bit-exact: every checkpoint, table and result."""
+    from workbench.models.roles import parameter_roles
     from workbench.store.repack import repack as run_repack
 
     layout = _layout(compression, whole_tensors)
-    new = run_repack(run, out, layout, progress=sys.stderr.isatty())
+    new = run_repack(run, out, layout, progress=sys.stderr.isatty(), roles_of=parameter_roles)
     typer.echo(f"repacked {len(new.steps)} checkpoint(s) of {run} into {out} ({layout.describe()})")
 
 

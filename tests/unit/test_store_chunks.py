@@ -11,18 +11,20 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
+from training.model import parameter_roles
 from workbench.store import chunks, shards
-from workbench.store.layout import Layout, array_codecs, inner_chunks
+from workbench.store.layout import Layout, array_codecs, inner_chunks, role_cuts
 
 WHOLE = Layout(sharded=False, compression="lz4")
+CUTS = role_cuts(parameter_roles(heads=4, kv_heads=2, head_dim=8))  # of a LLaMA
 
 
-def stacked_array(store, data: np.ndarray, layout: Layout, template: str = "x", head_dim: int | None = None):
+def stacked_array(store, data: np.ndarray, layout: Layout, template: str = "x"):
     """A `[step, layer, *tensor]` array of `data` created as the run store creates one, written by zarr."""
     tensor = data.shape[2:]
     arr = zarr.create_array(store, name="x", shape=data.shape, dtype=data.dtype,
                             dimension_names=["step", "layer", *(f"d{i}" for i in range(len(tensor)))],
-                            **array_codecs(data.dtype, layout, tensor, 2, template, head_dim))
+                            **array_codecs(data.dtype, layout, tensor, 2, CUTS.get(template)))
     arr[...] = data
     return arr
 
@@ -60,7 +62,8 @@ def test_arrays_with_other_codecs_are_not_direct():
     assert not chunks.is_direct(arr.async_array) and shards.lz4_of(arr.async_array) is None
 
 
-# (template, tensor shape, inner chunk): heads of 8 rows / columns, blocks of 64, a vector and a scalar whole.
+# (LLaMA template, tensor shape, inner chunk): heads of 8 rows / columns, blocks of 64 neurons (rows of up, columns
+# of down) or rows (of matrices without a role), a vector and a scalar whole.
 ROLES = [
     ("model.layers.{layer}.self_attn.q_proj.weight", (32, 24), (8, 24)),
     ("model.layers.{layer}.self_attn.k_proj.weight", (16, 24), (8, 24)),
@@ -75,7 +78,7 @@ ROLES = [
 
 @pytest.mark.parametrize("template,shape,inner", ROLES, ids=[r[0].split(".")[-2] for r in ROLES])
 def test_inner_chunks_follow_the_axes_researchers_slice(template, shape, inner):
-    assert inner_chunks(template, shape, head_dim=8) == inner
+    assert inner_chunks(shape, CUTS.get(template)) == inner
 
 
 @pytest.mark.parametrize("compression", ["none", "lz4"])
@@ -85,12 +88,12 @@ def test_direct_shards_equal_zarr_shards(template, shape, inner, dtype, compress
     rng = np.random.default_rng(1)
     data = (rng.standard_normal((2, 2, *shape)) * 1000 + 5000).astype(dtype)  # no inner chunk equals the fill value
     store = MemoryStore()
-    arr = stacked_array(store, data, Layout(sharded=True, compression=compression), template, head_dim=8)
+    arr = stacked_array(store, data, Layout(sharded=True, compression=compression), template)
     lz4 = shards.lz4_of(arr.async_array)
     assert lz4 is (compression == "lz4") and shards.inner_of(arr.async_array) == inner
     key = chunks.key(arr.async_array, (1, 0))
     written = stored(store, key)
-    assert written == shards.encode(data[1, 0], inner, lz4).tobytes()
+    assert written == shards.encode(data[1, 0], inner, lz4)
     out = np.empty(shape, dtype)
     shards.decode_into(written, inner, out, lz4)
     np.testing.assert_array_equal(out, data[1, 0])
@@ -136,7 +139,7 @@ def test_a_flipped_byte_in_an_inner_chunk_or_the_index_fails_its_checksum():
     data = np.arange(64 * 4, dtype=np.float32).reshape(64, 4)
     good = shards.encode(data, (16, 4), lz4=False)
     for where in (5, len(good) - 10):  # inside the first inner chunk, inside the index
-        raw = good.copy()
+        raw = bytearray(good)
         raw[where] ^= 1
         with pytest.raises(chunks.ChecksumMismatch):
             shards.decode_into(raw, (16, 4), np.empty_like(data), lz4=False)

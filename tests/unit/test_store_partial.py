@@ -10,6 +10,7 @@ import xarray as xr
 
 import workbench
 from tests.conftest import seeded_model, tiny_llama_config, wb
+from training.model import parameter_roles
 from workbench.store import Layout
 from workbench.store.shards import index_size
 
@@ -38,25 +39,6 @@ def refs():
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     return write_run(tmp_path_factory.mktemp("sharded") / "run")
-
-
-@pytest.fixture
-def counted(monkeypatch):
-    """The requests and bytes the Icechunk store returns for chunk keys of `params/` from now on."""
-    import icechunk
-
-    seen = {"requests": 0, "bytes": 0}
-    get = icechunk.IcechunkStore.get
-
-    async def counting(self, key, prototype, byte_range=None):
-        buf = await get(self, key, prototype, byte_range)
-        if key.startswith("params/") and "/c/" in key:
-            seen["requests"] += 1
-            seen["bytes"] += 0 if buf is None else len(buf)
-        return buf
-
-    monkeypatch.setattr(icechunk.IcechunkStore, "get", counting)
-    return seen
 
 
 @pytest.mark.parametrize("proj,head,rows", [("q", 2, True), ("k", 1, True), ("v", 0, True), ("o", 3, False)])
@@ -181,6 +163,9 @@ def test_repack_rewrites_a_trained_and_analysed_run_bit_exact(analysed_run, tmp_
     _assert_same(expected, _everything(whole))
     _assert_same(expected, _everything(back))
     assert back.attrs["workbench"]["repacked"]["from"] == str(tmp_path / "whole")
+    trained = source.model_config  # the trainer records its model's roles; repack copies them
+    assert back.attrs["parameter_roles"] == whole.attrs["parameter_roles"] == source.attrs["parameter_roles"] == (
+        parameter_roles(trained["num_attention_heads"], trained["num_key_value_heads"], trained["head_dim"]))
     assert sorted(back.repo.list_tags()) == sorted(f"step-{s}" for s in source.steps)
     code, out = wb("info", tmp_path / "whole")
     assert "whole tensors, compression lz4" in out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import struct
@@ -22,11 +21,11 @@ from zarr.core.sync import sync
 
 from workbench.errors import CorruptData, IncompatibleCheckpoint, RunNotFound, UnsafeFormat, UsageError
 from workbench.store.layout import Layout, to_numpy
-from workbench.store.tensors import LazyTensor, Tensor
+from workbench.store.tensors import LazyTensor, Tensor, reporting
 from workbench.store.textfile import read_json_object
 
 if TYPE_CHECKING:
-    from workbench.store.writer import Validator
+    from workbench.store.writer import RolesOf, Validator
 
 # Per-step folder names of public suites: Pythia `step1000`, HF Trainer `checkpoint-1000`, Megatron `iter_0001000`.
 STEP_FOLDER = re.compile(r"^(?:step|global_step|checkpoint-|iter_)0*(\d+)$")
@@ -172,9 +171,11 @@ def config_difference(a: dict, b: dict) -> list[str]:
 
 def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: int | None = None,
               allow_pickle: bool = False, tokenizer: str | os.PathLike | None = None, overwrite: bool = False,
-              progress: bool = True, validate: "Validator | None" = None, layout: Layout = Layout()) -> list[int]:
+              progress: bool = True, validate: "Validator | None" = None, layout: Layout = Layout(),
+              roles_of: "RolesOf | None" = None) -> list[int]:
     """Import HF checkpoint folders into the run at `out` (created, or appended to); returns the steps written.
-    A new run stores its tensors in `layout`; an existing one keeps its own.
+    A new run stores its tensors in `layout` and records the parameter roles `roles_of` gives for the config;
+    an existing one keeps its own.
 
     Every file is checked before the first commit (with `validate`, its tensor shapes against the config too);
     each step is then one atomic commit.
@@ -206,16 +207,19 @@ def import_hf(sources: list[str | os.PathLike], out: str | os.PathLike, step: in
     except RunNotFound:
         writer = create(out, model_config=config, tokenizer=_find_tokenizer(tokenizer, checkpoints),
                         train_config={"imported_from": [str(Path(s).absolute()) for s in sources]}, validate=validate,
-                        layout=layout)
+                        layout=layout, roles=roles_of(config) if roles_of else None)
     else:
         if diff := config_difference(run.model_config, config):
             raise IncompatibleCheckpoint(f"{out} holds a model with another config (differs in {diff})")
         writer = RunWriter(out, validate=validate)
         if tokenizer is not None:
             writer.set_tokenizer(_find_tokenizer(tokenizer, checkpoints))
-    for c, files in tqdm(plan, desc="import", unit="ckpt", disable=not progress):
-        with lazy_state_dict(files) as state:
-            writer.write_checkpoint(c.step, state, overwrite=overwrite)
+    total = sum(f.stat().st_size for _, files in plan for f in files)  # the tensors' bytes, near enough
+    with tqdm(total=total, desc="import", unit="B", unit_scale=True, unit_divisor=1024, disable=not progress) as bar:
+        for c, files in plan:
+            bar.set_postfix_str(f"step {c.step}")
+            with lazy_state_dict(files) as state:
+                writer.write_checkpoint(c.step, reporting(state, bar.update), overwrite=overwrite)
     return [c.step for c, _ in plan]
 
 
@@ -266,7 +270,7 @@ def export_hf(run, step: int, out: str | os.PathLike, tokenizer_config: dict | N
         for name, shard in zip(names, shards):
             write_safetensors(tmp / name, {k: tensors[k] for k in shard}, {"format": "pt", "step": str(step)})
         if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())},
+            index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
                      "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         if run.tokenizer is not None:
@@ -292,16 +296,12 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * (1024 if match[3] else 1000) ** power)
 
 
-def _nbytes(t: LazyTensor) -> int:
-    return math.prod(t.shape) * t.dtype.itemsize
-
-
 def _shards(tensors: dict[str, LazyTensor], limit: int) -> list[list[str]]:
     """The names in order, grouped into shards of at most `limit` bytes (one larger tensor alone)."""
     shards: list[list[str]] = [[]]
     size = 0
     for name in sorted(tensors):
-        n = _nbytes(tensors[name])
+        n = tensors[name].nbytes
         if shards[-1] and size + n > limit:
             shards.append([])
             size = 0
@@ -319,8 +319,8 @@ def write_safetensors(path: Path, tensors: dict[str, LazyTensor], metadata: dict
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
     for name, t in tensors.items():
-        header[name] = {"dtype": codes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + _nbytes(t)]}
-        offset += _nbytes(t)
+        header[name] = {"dtype": codes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     with open(path, "wb") as f:

@@ -133,30 +133,45 @@ class Layout:
 
 
 COMPRESSIONS = ("none", "lz4")
-BLOCK = 64  # rows (or columns) per inner chunk of MLP and embedding matrices
+BLOCK = 64  # neurons (or rows of other matrices) per inner chunk
 
-# Inner chunks by the parameter's role, from the last two components of its name (LLaMA-family names).
-_HEAD_ROWS = ("q_proj.weight", "k_proj.weight", "v_proj.weight")
-_HEAD_COLUMNS = ("o_proj.weight",)
-_BLOCK_COLUMNS = ("down_proj.weight",)
+# Parameter roles (root attribute `parameter_roles`, told by the models layer; see docs/FORMAT.md): which axis of
+# which parameter (by template) holds attention heads and MLP neurons. Head h of projection q, k, v or o is
+# `head_dim` indices from h * stride + offset along `axis`.
+#   {"head_dim": d, "heads": {proj: head_role(...)}, "neurons": [neuron_role(...), ...]}
 
 
-def inner_chunks(template: str, shape: tuple[int, ...], head_dim: int | None) -> tuple[int, ...]:
-    """The inner chunk of one tensor in the sharded layout: one head's rows of q/k/v and one head's columns of
-    o_proj; blocks of `BLOCK` columns of down_proj; blocks of `BLOCK` rows of every other matrix (gate, up,
-    embeddings, lm_head, fused projections); vectors and other tensors whole. A block is the largest divisor
-    of the axis not above its target, as zarr needs inner chunks that tile the shard."""
+def head_role(name: str, axis: int, count: int, stride: int, offset: int = 0) -> dict:
+    """The heads of one projection: `count` of them along `axis` of the parameter template `name`."""
+    return {"name": name, "axis": axis, "count": count, "stride": stride, "offset": offset}
+
+
+def neuron_role(proj: str, name: str, axis: int) -> dict:
+    """One projection of the MLP (named `proj` in `Run.neuron`): its neurons along `axis` of `name`."""
+    return {"proj": proj, "name": name, "axis": axis}
+
+
+def role_cuts(roles: dict | None) -> dict[str, tuple[int, int]]:
+    """{template: (axis, width)} of the inner chunks `roles` imply: one head wide along a head axis, `BLOCK`
+    neurons along a neuron axis."""
+    if not roles:
+        return {}
+    cuts = {n["name"]: (n["axis"], BLOCK) for n in roles.get("neurons", [])}
+    cuts.update((h["name"], (h["axis"], roles["head_dim"])) for h in roles.get("heads", {}).values())
+    return cuts
+
+
+def inner_chunks(shape: tuple[int, ...], cut: tuple[int, int] | None = None) -> tuple[int, ...]:
+    """The inner chunk of one tensor in the sharded layout: a matrix cut along `cut`'s axis into blocks of its
+    width (one head, `BLOCK` neurons; see `role_cuts`), any other matrix into blocks of `BLOCK` rows; vectors and
+    other tensors whole. A block is the largest divisor of the axis not above its width, as zarr needs inner
+    chunks that tile the shard."""
     if len(shape) != 2:
         return tuple(shape)
-    rows, cols = shape
-    tail = ".".join(template.split(".")[-2:])
-    if head_dim and tail in _HEAD_ROWS and rows % head_dim == 0:
-        return (head_dim, cols)
-    if head_dim and tail in _HEAD_COLUMNS and cols % head_dim == 0:
-        return (rows, head_dim)
-    if tail in _BLOCK_COLUMNS:
-        return (rows, _divisor(cols, BLOCK))
-    return (_divisor(rows, BLOCK), cols)
+    axis, width = cut or (0, BLOCK)
+    inner = list(shape)
+    inner[axis] = _divisor(shape[axis], width)
+    return tuple(inner)
 
 
 def _divisor(n: int, target: int) -> int:
@@ -164,18 +179,11 @@ def _divisor(n: int, target: int) -> int:
     return next(d for d in range(min(n, target), 0, -1) if n % d == 0)
 
 
-def head_dim_of(model_config: dict) -> int | None:
-    """Attention head width from an HF config (`head_dim`, else hidden_size / num_attention_heads)."""
-    if model_config.get("head_dim"):
-        return int(model_config["head_dim"])
-    hidden, heads = model_config.get("hidden_size"), model_config.get("num_attention_heads")
-    return hidden // heads if hidden and heads and hidden % heads == 0 else None
-
-
-def array_codecs(stored: np.dtype, layout: Layout, tensor_shape: tuple[int, ...], leading: int, template: str,
-                 head_dim: int | None) -> dict:
+def array_codecs(stored: np.dtype, layout: Layout, tensor_shape: tuple[int, ...], leading: int,
+                 cut: tuple[int, int] | None = None) -> dict:
     """`zarr.create_array` keywords for a stacked array: chunks (and shards) and compressors. `leading` counts
-    the axes that index tensors (step, and layer when stacked); each shard or whole chunk is one tensor."""
+    the axes that index tensors (step, and layer when stacked); each shard or whole chunk is one tensor, cut into
+    inner chunks along `cut` (see `inner_chunks`)."""
     from zarr.codecs import BloscCodec, Crc32cCodec
 
     from workbench.store.chunks import BLOSC
@@ -185,5 +193,5 @@ def array_codecs(stored: np.dtype, layout: Layout, tensor_shape: tuple[int, ...]
     tensor = (1,) * leading + tuple(tensor_shape)
     if not layout.sharded:
         return {"chunks": tensor, "compressors": compressors}
-    inner = (1,) * leading + inner_chunks(template, tuple(tensor_shape), head_dim)
+    inner = (1,) * leading + inner_chunks(tuple(tensor_shape), cut)
     return {"chunks": inner, "shards": tensor, "compressors": compressors}

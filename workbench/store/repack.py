@@ -1,10 +1,10 @@
 """`wb repack`: rewrite a run into another tensor layout, bit-exact.
 
-Every checkpoint (parameters and optimizer state) is written again in the new layout, one commit per step in
-the source's order, with the rows of its step-keyed tables (metrics, data order) in the same commit and the
-other tables (the corpus, planted facts) with the first; results and table attributes follow in a last
-commit, which also records where the run came from. Tensors move one at a time (a few in flight), read from the
-source as the new run writes them: memory does not grow with the model.
+Every checkpoint (parameters and optimizer state) is written again in the new layout (its inner chunks cut by the
+source's parameter roles), one commit per step in the source's order, with the rows of its step-keyed tables
+(metrics, data order) in the same commit and the other tables (the corpus, planted facts) with the first; results
+and table attributes follow in a last commit, which also records where the run came from. Tensors move one at a
+time (a few in flight), read from the source as the new run writes them: memory does not grow with the model.
 """
 
 from __future__ import annotations
@@ -20,17 +20,21 @@ from workbench.store.layout import FORMAT_VERSION, META, STEP, TABLE, Layout
 from workbench.store.results import RESULTS
 from workbench.store.run import Run
 from workbench.store.tables import read as read_table
-from workbench.store.writer import code_version, create
+from workbench.store.writer import RolesOf, code_version, create
 
 
 def repack(source: str | os.PathLike, out: str | os.PathLike, layout: Layout = Layout(),
-           progress: bool = True) -> Run:
-    """Copy the run at `source` to the new location `out` with tensors in `layout`; returns the new run."""
+           progress: bool = True, roles_of: RolesOf | None = None) -> Run:
+    """Copy the run at `source` to the new location `out` with tensors in `layout`; returns the new run. The new
+    run has the source's parameter roles or, where the source recorded none, those `roles_of` gives for its
+    model config."""
     from tqdm.auto import tqdm
 
     src = Run(source)
     tokenizer = bytes(src.root[f"{META}/tokenizer.json"][:]).decode("utf-8") if src.tokenizer else None
-    writer = create(out, src.model_config, tokenizer=tokenizer, train_config=src.train_config, layout=layout)
+    roles = src.parameter_roles or (roles_of(src.model_config) if roles_of else None)
+    writer = create(out, src.model_config, tokenizer=tokenizer, train_config=src.train_config, layout=layout,
+                    roles=roles)
     tables = {path: sync(read_table(src.store, path)) for path in _tables(src.root)}
     order = list(src._params.steps) if src._params else []  # the source's step axis, in write order
     previous = -1

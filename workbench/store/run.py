@@ -19,7 +19,7 @@ from zarr.core.sync import sync
 from workbench.errors import MissingData, RunNotFound, StepNotFound, UsageError
 from workbench.store import results as results_io
 from workbench.store.layout import (CHECKPOINTS, DOCUMENTS, META, METRICS, OPTIMIZER, ORDER, PARAMS, STEP, V3, Layout,
-                                    head_dim_of, parse_name, to_torch)
+                                    parse_name, to_torch)
 from workbench.store.storage import open_repository
 from workbench.store import tables
 from workbench.store.tables import read as read_table
@@ -240,36 +240,55 @@ class Run:
                                attrs={"stored_dtype": arr.attrs["dtype"], "parameter": template})
         return xr.DataArray(variable, coords=coords, name=name if layer is not None else template)
 
+    @property
+    def parameter_roles(self) -> dict | None:
+        """Which axes of which parameters hold attention heads and MLP neurons (root attribute `parameter_roles`,
+        told by the models layer when the run was created; see `layout.head_role`); None when it recorded none."""
+        return self.attrs.get("parameter_roles")
+
+    def _roles(self, kind: str) -> dict | list:
+        """The `heads` or `neurons` of the run's parameter roles; `UsageError` when it has none."""
+        roles = (self.parameter_roles or {}).get(kind)
+        if not roles:
+            raise UsageError(f"{self.location} records no {kind} among its parameter roles (model_type "
+                             f"{self.model_config.get('model_type')!r}); workbench.open derives them from the model "
+                             "config of the architectures it knows")
+        return roles
+
     def head(self, layer: int, head: int, proj: str = "q"):
         """One attention head of `layer` across all steps, lazily (see `trajectory`): for `proj` q, k or v its
-        rows `[step, out=head_dim, in]`, for o its columns `[step, out, in=head_dim]`. Of k and v, `head` is a
-        key-value head (grouped-query attention shares one among several query heads). LLaMA-style names."""
-        if proj not in ("q", "k", "v", "o"):
-            raise UsageError(f"proj {proj!r}: use q, k, v or o")
-        width = head_dim_of(self.model_config)
-        if width is None:
-            raise UsageError("the run's model config gives no head width (head_dim or hidden_size/num_attention_heads)")
-        traj = self.trajectory(f"model.layers.{layer}.self_attn.{proj}_proj.weight")
-        axis = "in" if proj == "o" else "out"
-        heads = traj.sizes[axis] // width
-        if not 0 <= head < heads:
-            raise UsageError(f"head {head} out of range: {proj}_proj of this run has {heads} heads")
-        picked = traj.isel({axis: slice(head * width, (head + 1) * width)})
+        rows `[step, out=head_dim, in]`, for o its columns `[step, out, in=head_dim]`, whatever the parameter's
+        own layout (fused QKV, GPT-2's `[in, out]` Conv1D), as the run's parameter roles say. Of k and v, `head`
+        is a key-value head (grouped-query attention shares one among several query heads)."""
+        heads = self._roles("heads")
+        if proj not in heads:
+            raise UsageError(f"proj {proj!r}: use {', '.join(heads)}")
+        role, width = heads[proj], self.parameter_roles["head_dim"]
+        if not 0 <= head < role["count"]:
+            raise UsageError(f"head {head} out of range: {proj} of this run has {role['count']} heads")
+        traj = self.trajectory(role["name"].format(layer=layer))
+        start = head * role["stride"] + role["offset"]
+        picked = traj.isel({traj.dims[1 + role["axis"]]: slice(start, start + width)})
+        if role["axis"] != (1 if proj == "o" else 0):  # stored `[in, out]`: read as `[out, in]`
+            picked = picked.transpose("step", "in", "out").rename({"in": "out", "out": "in"})
         return picked.assign_attrs(layer=layer, head=head, proj=proj)
 
     def neuron(self, layer: int, index: int):
-        """MLP neuron `index` of `layer` across all steps, read: its gate_proj and up_proj rows and its down_proj
-        column as `[step, proj=(gate, up, down), dim]` (LLaMA-style names)."""
+        """MLP neuron `index` of `layer` across all steps, read: its weights in each projection of the MLP as
+        `[step, proj, dim]`, `proj` as the run's parameter roles name them (gate, up, down for LLaMA; in, out for
+        GPT-NeoX and GPT-2)."""
         import xarray as xr
 
-        name = "model.layers.{}.mlp.{}_proj.weight"
-        gate, up, down = (self.trajectory(name.format(layer, p)) for p in ("gate", "up", "down"))
-        if not 0 <= index < gate.sizes["out"]:
-            raise UsageError(f"neuron {index} out of range: the MLP of this run has {gate.sizes['out']} neurons")
-        vectors = [gate.isel(out=index), up.isel(out=index), down.isel({"in": index})]
+        roles = self._roles("neurons")
+        trajs = [self.trajectory(r["name"].format(layer=layer)) for r in roles]
+        count = trajs[0].shape[1 + roles[0]["axis"]]
+        if not 0 <= index < count:
+            raise UsageError(f"neuron {index} out of range: the MLP of this run has {count} neurons")
+        vectors = [t.isel({t.dims[1 + r["axis"]]: index}) for t, r in zip(trajs, roles)]
         vectors = [v.rename({v.dims[1]: "dim"}).drop_vars(["out", "in"], errors="ignore").load() for v in vectors]
-        out = xr.concat(vectors, dim=xr.DataArray(["gate", "up", "down"], dims="proj", name="proj"))
-        out = out.transpose("step", "proj", "dim").rename(f"model.layers.{layer}.mlp neuron {index}")
+        out = xr.concat(vectors, dim=xr.DataArray([r["proj"] for r in roles], dims="proj", name="proj"))
+        mlp = roles[0]["name"].format(layer=layer).rsplit(".", 2)[0]  # `model.layers.3.mlp`
+        out = out.transpose("step", "proj", "dim").rename(f"{mlp} neuron {index}")
         return out.assign_attrs(layer=layer, neuron=index)
 
     def stored_results(self) -> dict[str, results_io.Stored]:

@@ -38,31 +38,23 @@ def _block(coords: tuple[int, ...], inner: tuple[int, ...]) -> tuple:
     return (*(slice(i * c, (i + 1) * c) for i, c in zip(coords, inner)), ...)
 
 
-def encode(tensor: np.ndarray, inner: tuple[int, ...], lz4: bool) -> np.ndarray:
-    """One shard's bytes (uint8) for `tensor` cut into `inner` chunks."""
+def encode(tensor: np.ndarray, inner: tuple[int, ...], lz4: bool) -> bytes:
+    """One shard's bytes for `tensor` cut into `inner` chunks, assembled by one `join` (contiguous inner chunks,
+    such as row blocks, are not copied before it)."""
     grid = _grid(tensor.shape, inner)
     coords = list(itertools.product(*map(range, grid)))
     index = np.empty((len(coords), 2), dtype="<u8")
-    if lz4:
-        codec = blosc_codec(tensor.dtype.itemsize)
-        bodies = [bytes(codec.encode(np.ascontiguousarray(tensor[_block(c, inner)]))) for c in coords]
-    else:
-        bodies = None
-    size = (sum(map(len, bodies)) if lz4 else tensor.nbytes) + 4 * len(coords)
-    out = np.empty(size + 16 * len(coords) + 4, dtype=np.uint8)
-    offset, nbytes = 0, int(np.prod(inner)) * tensor.dtype.itemsize
+    codec = blosc_codec(tensor.dtype.itemsize) if lz4 else None
+    pieces, offset = [], 0
     for i, c in enumerate(coords):
-        if lz4:
-            nbytes = len(bodies[i])
-            out[offset: offset + nbytes] = np.frombuffer(bodies[i], dtype=np.uint8)
-        else:
-            np.copyto(out[offset: offset + nbytes].view(tensor.dtype).reshape(inner), tensor[_block(c, inner)])
-        out[offset + nbytes: offset + nbytes + 4] = np.frombuffer(_crc(out[offset: offset + nbytes]), np.uint8)
-        index[i] = offset, nbytes + 4
-        offset += nbytes + 4
-    out[offset: offset + index.nbytes] = index.reshape(-1).view(np.uint8)
-    out[offset + index.nbytes:] = np.frombuffer(_crc(out[offset: offset + index.nbytes]), np.uint8)
-    return out
+        block = np.ascontiguousarray(tensor[_block(c, inner)])  # a view when already contiguous
+        body = bytes(codec.encode(block)) if lz4 else memoryview(block.reshape(-1)).cast("B")
+        pieces += (body, _crc(body))
+        index[i] = offset, len(body) + 4
+        offset += len(body) + 4
+    index_bytes = index.tobytes()
+    pieces += (index_bytes, _crc(index_bytes))
+    return b"".join(pieces)
 
 
 def index_size(shape: tuple[int, ...], inner: tuple[int, ...]) -> int:

@@ -19,7 +19,7 @@ import crc32c
 import numpy as np
 import torch
 from zarr.api.asynchronous import open_group
-from zarr.core.buffer import default_buffer_prototype
+from zarr.core.buffer import cpu
 from zarr.core.group import AsyncGroup
 
 import icechunk
@@ -47,12 +47,34 @@ class LazyTensor:
     dtype: torch.dtype
     load: Callable[[], torch.Tensor | Awaitable[torch.Tensor]]
 
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
     async def get(self) -> torch.Tensor:
-        t = self.load()
+        """The tensor; a blocking `load` (an importer's file read) runs in a worker thread, so that reads overlap
+        the encoding and writing of other tensors."""
+        t = self.load() if inspect.iscoroutinefunction(self.load) else await asyncio.to_thread(self.load)
         return await t if inspect.isawaitable(t) else t
 
 
 Tensor = torch.Tensor | LazyTensor
+
+
+def reporting(tensors: dict[str, Tensor], done: Callable[[int], object]) -> dict[str, LazyTensor]:
+    """`tensors` as `LazyTensor`s that pass their byte count to `done` once loaded: a progress bar over bytes."""
+
+    def wrap(t: Tensor) -> LazyTensor:
+        lazy = t if isinstance(t, LazyTensor) else LazyTensor(tuple(t.shape), t.dtype, lambda: t)
+
+        async def load() -> torch.Tensor:
+            out = await lazy.get()
+            done(lazy.nbytes)
+            return out
+
+        return LazyTensor(lazy.shape, lazy.dtype, load)
+
+    return {name: wrap(t) for name, t in tensors.items()}
 
 
 @dataclass(frozen=True)
@@ -160,10 +182,11 @@ class TensorGroup:
         return {name: arr async for name, arr in self.group.arrays() if name != STEP}
 
     async def write(self, step: int, tensors: dict[str, Tensor], overwrite: bool = False,
-                    layout: Layout = Layout(), head_dim: int | None = None) -> dict[str, int]:
+                    layout: Layout = Layout(), cuts: dict[str, tuple[int, int]] | None = None) -> dict[str, int]:
         """Stage `tensors` (tensors, or `LazyTensor`s read as they are written) as `step` (the caller commits);
-        returns the crc32c of each tensor's bytes by name. Arrays new to the group are created in `layout`
-        (`head_dim` cuts attention matrices into heads); existing arrays keep theirs."""
+        returns the crc32c of each tensor's bytes by name. Arrays new to the group are created in `layout`, cut
+        into inner chunks by `cuts` (template -> axis and width, from the run's parameter roles); existing arrays
+        keep theirs."""
         specs, items = specs_of(tensors)
         existing = await self.arrays()
         if existing:
@@ -186,7 +209,7 @@ class TensorGroup:
                     name, shape=(n, *stacked, *spec.shape), dtype=stored, fill_value=0,
                     dimension_names=dims_for(len(spec.shape), spec.layers is not None),
                     attributes={"name": spec.template, "dtype": spec.dtype},
-                    **array_codecs(stored, layout, spec.shape, 1 + len(stacked), spec.template, head_dim))
+                    **array_codecs(stored, layout, spec.shape, 1 + len(stacked), (cuts or {}).get(spec.template)))
             elif arr.shape[0] != n:
                 await arr.resize((n, *arr.shape[1:]))
             arrays[name] = arr
@@ -194,12 +217,16 @@ class TensorGroup:
         budget = _Budget(WRITE_BUDGET)
 
         async def put(name: str, layer: int | None, t: Tensor) -> None:
-            async with budget.take(math.prod(t.shape) * t.dtype.itemsize):
+            async with budget.take(t.nbytes):
                 full = specs[name].template.format(layer=layer) if layer is not None else specs[name].template
                 index = (idx,) if layer is None else (idx, layer)
                 crcs[full] = await self._write_tensor(arrays[name], index, partial(_numpy_of, t))
 
-        await asyncio.gather(*(put(name, layer, t) for name, entries in items.items() for layer, t in entries))
+        # Layer by layer (unstacked tensors first), as checkpoint files are laid out and as an importer that
+        # splits one source tensor into several (fused QKV) reads best.
+        order = sorted(((layer, name, t) for name, entries in items.items() for layer, t in entries),
+                       key=lambda e: -1 if e[0] is None else e[0])
+        await asyncio.gather(*(put(name, layer, t) for layer, name, t in order))
         coord = await self.group.getitem(STEP)
         if coord.shape[0] != n:
             await coord.resize((n,))
@@ -217,7 +244,7 @@ class TensorGroup:
             await arr.setitem(index, data)
             return crc32c.crc32c(data.reshape(-1).view(np.uint8))
         encoded, crc = await asyncio.to_thread(_encode, codec, await tensor())
-        await self.group.store.set(chunks.key(arr, index), default_buffer_prototype().buffer.from_bytes(encoded))
+        await self.group.store.set(chunks.key(arr, index), _Bytes(encoded))
         return crc
 
     async def read(self, step: int, stacked: bool = False) -> dict[str, torch.Tensor]:
@@ -317,6 +344,18 @@ class TensorGroup:
             raise ReadFailed(path, step, where + first_line(e)) from e
         except DECODE_ERRORS as e:
             raise CorruptData(path, step, where + first_line(e)) from e
+
+
+class _Bytes(cpu.Buffer):
+    """A zarr buffer over `bytes` whose `to_bytes` is those bytes: Icechunk's `set` takes `bytes`, and a shard
+    copied once more on its way there would cost a tensor's memory and time."""
+
+    def __init__(self, data: bytes):
+        super().__init__(np.frombuffer(data, dtype=np.uint8))
+        self.data = data
+
+    def to_bytes(self) -> bytes:
+        return self.data
 
 
 async def _numpy_of(t: Tensor) -> np.ndarray:

@@ -18,7 +18,7 @@ from zarr.core.sync import sync
 
 from workbench.errors import ConcurrentWrite, UsageError
 from workbench.store import results as results_io
-from workbench.store.layout import CHECKPOINTS, FORMAT_VERSION, META, OPTIMIZER, PARAMS, V3, Layout, head_dim_of
+from workbench.store.layout import CHECKPOINTS, FORMAT_VERSION, META, OPTIMIZER, PARAMS, V3, Layout, role_cuts
 from workbench.store.storage import create_repository, local_path, open_repository
 from workbench.store.tables import append as append_rows
 from workbench.store.tensors import LazyTensor, Tensor, TensorGroup
@@ -29,6 +29,9 @@ Tables = dict[str, dict[str, object]]  # table path -> column -> 1-D values
 # Checks tensor shapes (name -> shape) against a model config, raising IncompatibleCheckpoint; `complete`: every
 # parameter the config implies must be there. The store knows no model: layers above pass one in.
 Validator = Callable[[dict[str, tuple[int, ...]], dict, bool], None]
+# The parameter roles of a model config (see `layout.head_role`), None when its architecture is not known: told
+# by the models layer (`workbench.models.roles.parameter_roles`), as the validator is.
+RolesOf = Callable[[dict], "dict | None"]
 
 
 def code_version() -> str:
@@ -41,11 +44,13 @@ def code_version() -> str:
 
 
 def create(location: str | os.PathLike, model_config: dict, tokenizer=None, train_config: dict | None = None,
-           validate: Validator | None = None, layout: Layout = Layout()) -> "RunWriter":
+           validate: Validator | None = None, layout: Layout = Layout(), roles: dict | None = None) -> "RunWriter":
     """A new run at `location` (local folder or s3://bucket/prefix) with its metadata committed, and its writer.
 
     `tokenizer` is a `tokenizers.Tokenizer`, its JSON text, or a path to a tokenizer.json. `layout` says how
-    tensors are stored (sharded by default, uncompressed; see `Layout`).
+    tensors are stored (sharded by default, uncompressed; see `Layout`). `roles` says which axes of which
+    parameters hold attention heads and MLP neurons (see `layout.head_role`): recorded with the run, they cut
+    those axes into inner chunks and serve `Run.head` and `Run.neuron`.
     """
     if not isinstance(model_config, dict):
         raise UsageError("model_config must be a dict of HF LlamaConfig fields (or the model's own HF config)")
@@ -59,6 +64,7 @@ def create(location: str | os.PathLike, model_config: dict, tokenizer=None, trai
                       "layout": layout.to_attrs()},
         "model_config": json.loads(json.dumps(model_config)),
         "train_config": json.loads(json.dumps(train_config)) if train_config is not None else None,
+        "parameter_roles": json.loads(json.dumps(roles)) if roles is not None else None,
     })
     if blob:
         _write_tokenizer(root, blob)
@@ -99,7 +105,7 @@ class RunWriter:
             self.validate = None  # the run's layout is fixed by then: later steps are checked against it
         layout = Layout.from_attrs(attrs.get("workbench", {}).get("layout"))
         sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, tables or {}, layout,
-                    head_dim_of(config)))
+                    role_cuts(attrs.get("parameter_roles"))))
         snapshot = self._commit(session, f"checkpoint step {step}", {"step": step})
         self._tag(step, snapshot)
         return snapshot
@@ -159,15 +165,15 @@ class RunWriter:
 
 
 async def _stage(store, step: int, state_dict, optimizer_state: OptimizerState | None, overwrite: bool,
-                 tables: Tables, layout: Layout, head_dim: int | None) -> None:
+                 tables: Tables, layout: Layout, cuts: dict[str, tuple[int, int]]) -> None:
     """The checkpoint's tensors, then its row of the checkpoint log, then `tables`, into one session."""
     params = await TensorGroup.open(store, PARAMS, create=True)
-    crcs = await params.write(step, state_dict, overwrite, layout, head_dim)
+    crcs = await params.write(step, state_dict, overwrite, layout, cuts)
     tables = {**tables, CHECKPOINTS: {"step": [step], "content": [content_digest(state_dict, crcs)],
                                       "written": [datetime.now(timezone.utc).isoformat(timespec="seconds")]}}
     for slot, tensors in _slots(optimizer_state or {}).items():
         group = await TensorGroup.open(store, f"{OPTIMIZER}/{slot}", create=True)
-        await group.write(step, tensors, overwrite, layout, head_dim)
+        await group.write(step, tensors, overwrite, layout, cuts)
     for path, rows in tables.items():
         await append_rows(store, path, rows)
 
