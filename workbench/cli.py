@@ -48,13 +48,6 @@ def expected_errors(fn):
     return wrapper
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-
-
 def _steps_text(steps: list[int]) -> str:
     if len(steps) <= 12:
         return ", ".join(map(str, steps))
@@ -68,6 +61,7 @@ def info(run: RunArg, as_json: Annotated[bool, typer.Option("--json", help="prin
     import math
 
     import workbench
+    from workbench.store.hf import format_size
     from workbench.store.storage import bytes_on_disk
 
     r = workbench.open(run)
@@ -85,7 +79,7 @@ def info(run: RunArg, as_json: Annotated[bool, typer.Option("--json", help="prin
     typer.echo(f"parameters   {n_params:,} in {len(r.parameter_arrays)} arrays")
     typer.echo(f"layout       {r.layout.describe()}")
     if summary["bytes_on_disk"] is not None:
-        typer.echo(f"on disk      {_size(summary['bytes_on_disk'])}")
+        typer.echo(f"on disk      {format_size(summary['bytes_on_disk'])}")
     typer.echo(f"tokenizer    {'vocab ' + str(summary['tokenizer_vocab']) if r.tokenizer else 'none'}")
     typer.echo(f"written by   {r.code_version}")
     typer.echo("model config " + json.dumps(r.model_config, sort_keys=True))
@@ -264,12 +258,17 @@ def analyze_cmd(
     device: Annotated[str, typer.Option(help="forward passes on auto, cpu or cuda")] = "auto",
     recompute: Annotated[bool, typer.Option("--recompute", help="replace stored results instead of skipping them")] = False,
     commit_every: Annotated[int, typer.Option("--commit-every", help="commit after this many finished tasks (or 10 s)")] = 16,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="forward passes block by block from the store (default: when the model does not fit --max-memory or a worker)")] = None,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="memory a forward pass may hold (2GB); a larger float32 model streams")] = None,
 ):
     """Compute analyses at every (chosen) checkpoint with Dask; store them under results/ of the run. Resumable."""
     from workbench.analysis import analyze as run_analyses
+    from workbench.store.hf import parse_size
 
+    limit = parse_size(max_memory, "--max-memory") if max_memory is not None else None
     done = run_analyses(run, only, steps, workers=workers, scheduler=scheduler, progress=sys.stderr.isatty(),
-                        eval_data=eval_data, device=device, recompute=recompute, commit_every=commit_every)
+                        eval_data=eval_data, device=device, recompute=recompute, commit_every=commit_every,
+                        stream=stream, max_memory=limit)
     for name, computed in done.items():
         what = f": {_steps_text(computed)}" if computed else " (all were stored already)"
         typer.echo(f"{name}: computed {len(computed)} step(s){what}")

@@ -79,22 +79,17 @@ class Activations(Analysis):
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         p = self.params
-        model = ctx.model()
+        model = ctx.model(streamable=True)
         layers: dict[int, LayerStats] = {}
         batches = forward.eval_batches(ctx, p)
-        for b in batches:
-            self.update(layers, model, b)
-        return self.dataset([layers[l] for l in sorted(layers)], batches)
 
-    def update(self, layers: dict[int, LayerStats], model: torch.nn.Module, batch: forward.Batch) -> None:
-        """One forward pass of `batch` (no unembedding), its activations fed into `layers` (a LayerStats per
-        layer, added on first use)."""
-        def fn(name: str, x: torch.Tensor) -> None:
+        def fn(batch: forward.Batch, name: str, x: torch.Tensor) -> None:
             layer = forward.layer_of(name)
-            layers.setdefault(layer, LayerStats(self.params.massive_k)).update(name.split(".", 2)[2], x, batch.first)
+            layers.setdefault(layer, LayerStats(p.massive_k)).update(name.split(".", 2)[2], x, batch.first)
 
         with torch.no_grad():
-            forward.stream(model, batch.ids, HOOKS, fn)
+            forward.stream_batches(model, batches, HOOKS, fn)
+        return self.dataset([layers[l] for l in sorted(layers)], batches)
 
     def dataset(self, layers: list[LayerStats], batches: list[forward.Batch]) -> xr.Dataset:
         """The Dataset of per-layer statistics (merged over any batches or partitions)."""

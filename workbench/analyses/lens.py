@@ -29,21 +29,19 @@ class Lens(Analysis):
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         p = self.params
-        model = ctx.model()
+        model = ctx.model(streamable=True)
         kl: dict[int, stats.Mean] = {}
         agree: dict[int, stats.Mean] = {}
+        batches = forward.eval_batches(ctx, p)
         with torch.no_grad():
-            for b in forward.eval_batches(ctx, p):
-                resid = forward.residuals(model, b.ids)  # {layer: [token, d_model]}
-                last = resid[max(resid)]
-                for c in forward.token_chunks(last.shape[0]):
-                    log_final = forward.log_probs(model, last[c])  # [chunk, vocab]
-                    top_final = log_final.argmax(-1)
-                    for layer, x in resid.items():
-                        log_lens = forward.log_probs(model, x[c])
-                        kl_token = torch.nn.functional.kl_div(log_lens, log_final, log_target=True, reduction="none")
-                        kl.setdefault(layer, stats.Mean()).update(kl_token.sum(-1, keepdim=True))
-                        agree.setdefault(layer, stats.Mean()).update((log_lens.argmax(-1) == top_final)[:, None])
+            if forward.is_streamed(model):  # a first pass for the final residuals, a second for every layer's
+                last = {b.first: x for b, x in forward.final_residuals(model, batches)}
+                forward.stream_batches(model, batches, ["blocks.{l}.hook_resid_post"], lambda b, name, x: self.update(
+                    kl, agree, model, {forward.layer_of(name): x.flatten(0, 1)}, last[b.first]))
+            else:
+                for b in batches:
+                    resid = forward.residuals(model, b.ids)  # {layer: [token, d_model]}
+                    self.update(kl, agree, model, resid, resid[max(resid)])
         layers = sorted(kl)
         return xr.Dataset(
             {"kl": ("layer", np.array([kl[l].mean.item() for l in layers]), {
@@ -51,3 +49,17 @@ class Lens(Analysis):
              "top1_agreement": ("layer", np.array([agree[l].mean.item() for l in layers]), {
                  "description": "share of tokens whose logit-lens argmax is the model's own argmax", "units": "1"})},
             coords={"layer": layers})
+
+    @staticmethod
+    def update(kl: dict[int, stats.Mean], agree: dict[int, stats.Mean], model, resid: dict[int, torch.Tensor],
+               last: torch.Tensor) -> None:
+        """Feed the lens of the residual streams `resid` ({layer: [token, d_model]}) of one batch, against the
+        model's own distribution from `last` (its final residual stream), a token chunk at a time."""
+        for c in forward.token_chunks(last.shape[0]):
+            log_final = forward.log_probs(model, last[c])  # [chunk, vocab]
+            top_final = log_final.argmax(-1)
+            for layer, x in resid.items():
+                log_lens = forward.log_probs(model, x[c])
+                kl_token = torch.nn.functional.kl_div(log_lens, log_final, log_target=True, reduction="none")
+                kl.setdefault(layer, stats.Mean()).update(kl_token.sum(-1, keepdim=True))
+                agree.setdefault(layer, stats.Mean()).update((log_lens.argmax(-1) == top_final)[:, None])

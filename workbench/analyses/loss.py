@@ -36,12 +36,11 @@ class Loss(Analysis):
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         p = self.params
-        model = ctx.model()
+        model = ctx.model(streamable=True)
         per_domain: dict[str, stats.Mean] = {}
         losses, domains, positions, targets = [], [], [], []
         with torch.no_grad():
-            for b in forward.eval_batches(ctx, p):
-                (last,) = forward.residuals(model, b.ids, last_only=True).values()  # [token, d_model]
+            for b, last in forward.final_residuals(model, forward.eval_batches(ctx, p)):  # last: [token, d_model]
                 y = b.targets.flatten().to(last.device)
                 loss = torch.cat([torch.nn.functional.nll_loss(forward.log_probs(model, last[c]), y[c], reduction="none")
                                   for c in forward.token_chunks(len(y))])

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from workbench.analysis import forward
 from workbench.analysis.base import Analysis, StepContext
 from workbench.analysis.readers import json_cell
 from workbench.analysis.registry import register
@@ -93,7 +94,7 @@ class Memorization(Analysis):
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
         seqs = ctx.cached(("memorization.sequences", self.params), lambda: sequences(ctx.run, self.params))
-        generated = greedy(ctx.model(), [s.prompt for s in seqs], [len(s.target) for s in seqs], self.params.batch_size)
+        generated = greedy(ctx.model(streamable=True), [s.prompt for s in seqs], [len(s.target) for s in seqs], self.params.batch_size)
         match = [np.array(g) == np.array(s.target) for g, s in zip(generated, seqs)]
         seen = ctx.cached(("memorization.exposures", self.params), lambda: exposures(ctx.run, seqs))
         times = np.array([np.searchsorted(steps, ctx.step, side="right") for steps in seen])
@@ -116,21 +117,25 @@ class Memorization(Analysis):
                     "copies": ("sequence", np.array([s.copies for s in seqs]))})
 
 
-def greedy(model: torch.nn.Module, prompts: list[tuple[int, ...]], lengths: list[int], batch_size: int) -> list[list[int]]:
+def greedy(model, prompts: list[tuple[int, ...]], lengths: list[int], batch_size: int) -> list[list[int]]:
     """The greedy continuation of each prompt, `lengths[i]` tokens long (prompts of one length and target
-    length are batched together)."""
+    length are batched together; a `StreamedLlama` continues every batch at once, each token one pass over its
+    blocks, to the longest length)."""
     out: list[list[int]] = [[] for _ in prompts]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (prompt, n) in enumerate(zip(prompts, lengths)):
         groups.setdefault((len(prompt), n), []).append(i)
-    device = next(model.parameters()).device
-    for (_, n), members in groups.items():
-        for j in range(0, len(members), batch_size):
-            idx = members[j: j + batch_size]
-            ids = torch.tensor([prompts[i] for i in idx], dtype=torch.int64, device=device)
-            continued = generate(model, ids, n)[:, ids.shape[1]:].tolist()  # [batch, n]
-            for row, i in zip(continued, idx):
-                out[i] = row
+    batches = [(n, members[j: j + batch_size]) for (_, n), members in groups.items()
+               for j in range(0, len(members), batch_size)]
+    ids = [torch.tensor([prompts[i] for i in idx], dtype=torch.int64) for _, idx in batches]
+    if forward.is_streamed(model):
+        continued = model.generate(ids, max((n for n, _ in batches), default=0))
+    else:
+        device = next(model.parameters()).device
+        continued = [generate(model, x.to(device), n) for x, (n, _) in zip(ids, batches)]
+    for x, c, (n, idx) in zip(ids, continued, batches):
+        for row, i in zip(c[:, x.shape[1]: x.shape[1] + n].tolist(), idx):
+            out[i] = row
     return out
 
 

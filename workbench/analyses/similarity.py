@@ -66,12 +66,12 @@ class Similarity(Analysis):
             coords={"layer": np.arange(n), "other_layer": np.arange(n)})
 
     def grams(self, ctx: StepContext, step: int) -> torch.Tensor:
-        model = ctx.model(step)
+        model = ctx.model(step, streamable=True)
         resid: dict[int, list[torch.Tensor]] = {}
-        with torch.no_grad():
-            for b in sample(ctx, self.params.tokens, forward.seq_len(ctx, self.params.seq_len)):
-                forward.stream(model, b.ids, ["blocks.{l}.hook_resid_post"],
-                               lambda name, x: resid.setdefault(forward.layer_of(name), []).append(x.flatten(0, 1).cpu()))
+        with torch.no_grad():  # within a layer the batches come in order, whole or streamed
+            forward.stream_batches(model, sample(ctx, self.params.tokens, forward.seq_len(ctx, self.params.seq_len)),
+                                   ["blocks.{l}.hook_resid_post"], lambda b, name, x: resid.setdefault(
+                                       forward.layer_of(name), []).append(x.flatten(0, 1).cpu()))
         return normalized_grams([torch.cat(resid[l])[: self.params.tokens] for l in sorted(resid)])
 
 

@@ -175,9 +175,9 @@ class StepContext:
     evaluation set of forward analyses, and the worker's state (everything cached between tasks)."""
 
     def __init__(self, run: "Run", step: int, steps: tuple[int, ...], state: "WorkerState", device: str = "cpu",
-                 eval_set: "EvalSet | None" = None):
+                 eval_set: "EvalSet | None" = None, stream: bool | None = False):
         self.run, self.step, self.steps, self.state = run, int(step), tuple(steps), state
-        self.device, self.eval_set = device, eval_set
+        self.device, self.eval_set, self.stream = device, eval_set, stream
 
     @property
     def init_step(self) -> int:
@@ -224,7 +224,11 @@ class StepContext:
             raise UsageError(f"no parameter {template!r} in {self.run.location}; templates: {', '.join(sorted(arrays))}")
         return self.state.matrices(self.run, self.step if step is None else int(step), template, layers)
 
-    def model(self, step: int | None = None) -> "torch.nn.Module":
+    def model(self, step: int | None = None, streamable: bool = False) -> "torch.nn.Module":
         """The model of `step` (default: the task's) on the task's device, float32, eval mode: the in-repo
-        LLaMA for the workbench's runs, the transformers model for imported architectures. One per worker."""
-        return self.state.model(self.run, self.step if step is None else int(step), self.device)
+        LLaMA for the workbench's runs, the transformers model for imported architectures. One per worker.
+        An analysis that runs its batches through `forward.stream_batches` / `forward.final_residuals` asks
+        `streamable=True`: it then gets a `StreamedLlama` (blocks read one at a time) when the task streams
+        (`stream`: forced, or None and the model does not fit the worker's memory limit)."""
+        step = self.step if step is None else int(step)
+        return self.state.model(self.run, step, self.device, self.stream if streamable else False)

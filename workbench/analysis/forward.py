@@ -12,11 +12,13 @@ one. Every statistic is over these rows, so numbers of different steps are over 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
 
 if TYPE_CHECKING:
     from workbench.analysis.base import StepContext
@@ -115,6 +117,28 @@ def residuals(model: torch.nn.Module, ids: torch.Tensor, last_only: bool = False
     return out
 
 
+def stream_batches(model, batches: list[Batch], names, fn: Callable[[Batch, str, torch.Tensor], None]) -> None:
+    """The activations `names` of every batch to `fn(batch, name, x)`: batch by batch through a whole model;
+    through a `StreamedLlama` block by block, every batch through a block before the next block is read (the
+    statistics that consume them do not depend on the order)."""
+    if is_streamed(model):
+        model.run([b.ids for b in batches], names, lambda i, name, x: fn(batches[i], name, x))
+        return
+    for b in batches:
+        stream(model, b.ids, names, lambda name, x, b=b: fn(b, name, x))
+
+
+def final_residuals(model, batches: list[Batch]) -> Iterator[tuple[Batch, torch.Tensor]]:
+    """Each batch with its residual stream after the last block `[token, d_model]` (of a whole model one batch
+    at a time; of a `StreamedLlama` after one pass of all batches through the blocks)."""
+    if is_streamed(model):
+        yield from zip(batches, (x.flatten(0, 1) for x in model.run([b.ids for b in batches])))
+        return
+    for b in batches:
+        (last,) = residuals(model, b.ids, last_only=True).values()
+        yield b, last
+
+
 def token_chunks(n_tokens: int, chunk: int = READOUT_TOKENS) -> list[slice]:
     """Slices of at most `chunk` tokens covering `n_tokens`: read out logits chunk by chunk, so that at most
     `chunk` × vocab float32 logits exist at once."""
@@ -126,7 +150,8 @@ def log_probs(model: torch.nn.Module, resid: torch.Tensor) -> torch.Tensor:
     through the final norm and unembedding (of the last block's output: the model's own)."""
     from workbench.models.capture import unembed
 
-    return unembed(model, resid).float().log_softmax(-1)
+    logits = model.unembed(resid) if is_streamed(model) else unembed(model, resid)
+    return logits.float().log_softmax(-1)
 
 
 def stream(model: torch.nn.Module, ids: torch.Tensor, names, fn) -> None:
@@ -135,6 +160,12 @@ def stream(model: torch.nn.Module, ids: torch.Tensor, names, fn) -> None:
     from workbench.models.capture import capture
 
     capture(model, ids.to(next(model.parameters()).device), names, fn=fn, logits=False)
+
+
+def is_streamed(model) -> bool:
+    from workbench.models.streamed import StreamedLlama
+
+    return isinstance(model, StreamedLlama)
 
 
 def layer_of(name: str) -> int:

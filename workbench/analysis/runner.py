@@ -27,12 +27,14 @@ log = logging.getLogger(__name__)
 COMMIT_EVERY = 16
 COMMIT_INTERVAL = 10.0
 DEVICES = ("auto", "cpu", "cuda")
+STREAMABLE = frozenset({"activations", "lens", "loss", "memorization", "similarity"})  # forward analyses that run on a StreamedLlama (issue 19)
 
 
 def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: int | None = None,
             scheduler: str | None = None, progress: bool = True, params: dict[str, dict] | None = None,
             eval_data=None, device: str = "auto", recompute: bool = False, commit_every: int = COMMIT_EVERY,
-            commit_interval: float = COMMIT_INTERVAL, retries: int = 2) -> dict[str, list[int]]:
+            commit_interval: float = COMMIT_INTERVAL, retries: int = 2, stream: bool | None = None,
+            max_memory: int | None = None) -> dict[str, list[int]]:
     """Compute `names` (default: every registered analysis) at `steps` (default: all) of `run` and commit
     the results under `results/<name>`; returns {name: steps computed now}.
 
@@ -41,6 +43,10 @@ def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: 
     computes the chosen steps again; it never drops stored steps outside them. `params` =
     {name: {parameter: value}}; `eval_data` = a file for forward analyses (default: the run's held-out
     documents). `workers=0` runs here without Dask; `scheduler` uses an existing Dask cluster.
+
+    Forward passes stream the model block by block from the store (`StreamedLlama`) when `stream=True`, or when
+    `stream` is None and the float32 model exceeds `max_memory` bytes (without it: a Dask worker's memory
+    limit); a log line says which mode and why. Analyses that do not stream yet load the whole model.
     """
     from workbench.store.run import Run
     from workbench.store.writer import RunWriter
@@ -53,6 +59,7 @@ def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: 
             log.warning(f"{name}: recomputing {summary(stale)} whose inputs changed since they were stored")
     if not plan.tasks:
         return {a.name: [] for a in plan.analyses}
+    stream = forward_mode(run, plan, stream, max_memory)
     executor = LocalExecutor() if workers == 0 else DaskExecutor(workers, scheduler, retries)
     committer = Committer(RunWriter(run.location), plan, commit_every, commit_interval)
     failures: list[tuple[str, int, BaseException]] = []
@@ -60,7 +67,7 @@ def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: 
 
     with tqdm(total=len(plan), desc="analyze", unit="task", disable=not progress) as bar:
         try:
-            for outcome in executor.outcomes(plan, device, committer.seconds_to_due):
+            for outcome in executor.outcomes(plan, device, stream, committer.seconds_to_due):
                 if outcome is not None:
                     if outcome.error is None:
                         committer.add(outcome.analysis, outcome.step, outcome.result)
@@ -93,6 +100,37 @@ def _check_options(workers, scheduler, device, commit_every, commit_interval, re
         raise UsageError(f"commit_interval must be a positive number of seconds, got {commit_interval!r}")
     if not isinstance(retries, int) or retries < 0:
         raise UsageError(f"retries must be a non-negative integer, got {retries!r}")
+
+
+def forward_mode(run: "Run", plan, stream: bool | None, max_memory: int | None) -> bool | None:
+    """Whether the forward passes stream the model block by block (None: each Dask worker decides by its memory
+    limit); said in a log line when streaming or when `max_memory` decided."""
+    from workbench.analysis.state import checkpoint_nbytes
+    from workbench.models.views import llama_unsupported
+    from workbench.store.hf import format_size
+
+    if max_memory is not None and max_memory <= 0:
+        raise UsageError(f"--max-memory must be positive, got {max_memory}")
+    forward = {a.name for a, _ in plan.tasks if a.kind == "forward"}
+    if not forward or stream is False:
+        return False
+    if (why_not := llama_unsupported(run.model_config)) is not None:
+        if stream:
+            raise UsageError(f"--stream: block-by-block forward passes need a run the in-repo LLaMA implements "
+                             f"({why_not})")
+        return False
+    size = format_size(checkpoint_nbytes(run))
+    if stream is None and max_memory is None:
+        return None
+    if stream is None:
+        stream = checkpoint_nbytes(run) > max_memory
+        why = f"the float32 model, {size}, {'exceeds' if stream else 'fits'} --max-memory {format_size(max_memory)}"
+    else:
+        why = f"--stream; the float32 model is {size}"
+    whole = sorted(forward - STREAMABLE) if stream else []
+    log.warning(f"forward passes: {'streamed block by block' if stream else 'whole model'} ({why})"
+                + (f"; {', '.join(whole)} load the whole model (not streamed yet)" if whole else ""))
+    return stream
 
 
 def _failed(failures: list[tuple[str, int, BaseException]], total: int) -> AnalysisFailed:

@@ -61,18 +61,27 @@ class WorkerState:
             return self.parameters(run, step)[template][layers]
         return as_float32(template, run.checkpoint(step).array(template, layers))
 
-    def model(self, run: "Run", step: int, device: str) -> "torch.nn.Module":
-        """The model of `step` (float32, eval mode): one at a time, as tasks come in step order."""
+    def model(self, run: "Run", step: int, device: str, stream: bool | None = False) -> "torch.nn.Module":
+        """The model of `step` (float32, eval mode): one at a time, as tasks come in step order. With `stream`
+        (None: when the float32 model exceeds this Dask worker's memory limit) a `StreamedLlama`, which holds
+        no block."""
         import torch
 
         from workbench.models.capture import open_model
+        from workbench.models.streamed import StreamedLlama
+        from workbench.models.views import llama_unsupported
 
-        key = (run.location, run.snapshot, step, device)
+        if stream is None:
+            limit = worker_memory_limit()
+            stream = limit is not None and checkpoint_nbytes(run) > limit
+        stream = stream and llama_unsupported(run.model_config) is None  # other architectures: whole (issue 19)
+        key = (run.location, run.snapshot, step, device, stream)
         with self.lock:
             if self.current_model is not None and self.current_model[0] == key:
                 return self.current_model[1]
             self.current_model = None  # free the previous model before loading the next
-            model = open_model(run.checkpoint(step), device=device, dtype=torch.float32)
+            checkpoint = run.checkpoint(step)
+            model = StreamedLlama(checkpoint, device) if stream else open_model(checkpoint, device, torch.float32)
             self.current_model = (key, model)
             return model
 
@@ -115,6 +124,16 @@ def as_float32(template: str, t: "torch.Tensor") -> "torch.Tensor":
 def checkpoint_nbytes(run: "Run") -> int:
     """Bytes of one checkpoint as `read_parameters` returns it (float32)."""
     return sum(math.prod(a.shape[1:]) * 4 for a in run.parameter_arrays.values())
+
+
+def worker_memory_limit() -> int | None:
+    """The memory limit of the Dask worker this runs in; None outside a worker or without a limit."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().memory_manager.memory_limit or None
+    except (ImportError, ValueError):
+        return None
 
 
 class LRU:

@@ -286,12 +286,20 @@ def export_hf(run, step: int, out: str | os.PathLike, tokenizer_config: dict | N
     return out
 
 
-def parse_size(text: str) -> int:
+def format_size(n: float) -> str:
+    """Bytes as people read them: `379.2 MB`."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+
+
+def parse_size(text: str, option: str = "--max-shard-size") -> int:
     """Bytes of a size as transformers writes `max_shard_size`: "5GB" (powers of 1000), "2GiB" (of 1024), or a
-    number of bytes; a `UsageError` otherwise."""
+    number of bytes; a `UsageError` naming `option` otherwise."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
     if not match or float(match[1]) <= 0:
-        raise UsageError(f"--max-shard-size must be a size such as 5GB, 500MB or 2GiB, got {text!r}")
+        raise UsageError(f"{option} must be a size such as 5GB, 500MB or 2GiB, got {text!r}")
     power = "KMGT".find(match[2].upper()) + 1 if match[2] else 0
     return int(float(match[1]) * (1024 if match[3] else 1000) ** power)
 

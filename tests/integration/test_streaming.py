@@ -1,0 +1,115 @@
+"""Forward passes streamed block by block from the store (`StreamedLlama`, issue 19) against the whole model:
+the same activations and logits, the same stored results of the analyses that stream, one block read at a
+time, and the snapshot a streamed pass started from held while the checkpoint is overwritten."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import xarray as xr
+
+import workbench
+from tests.conftest import wb
+from workbench.analysis import analyze
+from workbench.models.capture import capture
+from workbench.models.streamed import StreamedLlama
+
+FORWARD = ["loss", "activations", "lens", "similarity", "memorization"]  # the analyses that stream
+PARAMS = {"similarity": {"tokens": 64}, "memorization": {"sample": 8}}
+NAMES = ["hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.ln1.hook_normalized", "blocks.{l}.attn.hook_pattern",
+         "blocks.{l}.mlp.hook_post", "blocks.{l}.hook_resid_post", "ln_final.hook_normalized"]
+
+
+def _batches():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, 200, (3, 17), generator=g), torch.randint(0, 200, (2, 9), generator=g)]
+
+
+def test_streamed_pass_equals_the_whole_model(_trained):
+    ckpt = workbench.open(_trained).checkpoint(30)
+    whole = ckpt.model()
+    streamed = StreamedLlama(ckpt)
+    seen: dict[tuple[int, str], torch.Tensor] = {}
+    finals = streamed.run(_batches(), NAMES, lambda i, name, x: seen.__setitem__((i, name), x.clone()))
+    for i, ids in enumerate(_batches()):
+        logits, acts = capture(whole, ids, NAMES)
+        assert {n for j, n in seen if j == i} == set(acts)
+        for name, x in acts.items():
+            torch.testing.assert_close(seen[(i, name)], x, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(streamed.unembed(finals[i]), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_streamed_greedy_generation_equals_the_whole_model(_trained):
+    ckpt = workbench.open(_trained).checkpoint(30)
+    prompts = _batches()
+    for got, ids in zip(StreamedLlama(ckpt).generate(prompts, 6), prompts):
+        assert torch.equal(got, ckpt.model().generate(ids, 6))
+
+
+def test_reads_one_block_at_a_time(_trained, monkeypatch):
+    """Every stacked parameter is read one layer at a time, each layer once per pass."""
+    ckpt = workbench.open(_trained).checkpoint(30)
+    reads = []
+    real = type(ckpt).array
+    monkeypatch.setattr(type(ckpt), "array", lambda self, t, layers=slice(None): reads.append((t, layers))
+                        or real(self, t, layers))
+    StreamedLlama(ckpt).run(_batches())
+    stacked = [(t, l) for t, l in reads if "{layer}" in t]
+    assert stacked and all(l.stop - l.start == 1 for _, l in stacked)
+    assert len(stacked) == len(set((t, l.start) for t, l in stacked))  # no layer read twice
+    assert not [t for t, _ in reads if t in ("model.embed_tokens.weight", "lm_head.weight")]  # rows only, no head
+
+
+def test_a_streamed_pass_keeps_its_snapshot(trained_run):
+    """A checkpoint overwritten after the pass began is not mixed in: the blocks come from the run's snapshot."""
+    from workbench.store.writer import RunWriter
+
+    run = workbench.open(trained_run)
+    streamed = StreamedLlama(run.checkpoint(30))
+    before = [x.clone() for x in StreamedLlama(run.checkpoint(30)).run(_batches())]
+    state = run.checkpoint(30).state_dict()
+    RunWriter(trained_run).write_checkpoint(30, {k: v * 2 for k, v in state.items()}, overwrite=True)
+    for a, b in zip(streamed.run(_batches()), before):
+        assert torch.equal(a, b)
+    changed = StreamedLlama(workbench.open(trained_run).checkpoint(30)).run(_batches())
+    assert not torch.equal(changed[0], before[0])
+
+
+@pytest.fixture(scope="module")
+def whole_results(_trained, tmp_path_factory):
+    path = shutil.copytree(_trained, tmp_path_factory.mktemp("whole") / "run")
+    analyze(path, FORWARD, steps=[0, 30], workers=0, progress=False, stream=False, params=PARAMS)
+    return workbench.open(path)
+
+
+def test_analyses_streamed_equal_whole(_trained, tmp_path, whole_results, caplog):
+    path = shutil.copytree(_trained, tmp_path / "run")
+    with caplog.at_level("WARNING"):
+        analyze(path, FORWARD, steps=[0, 30], workers=0, progress=False, stream=True, params=PARAMS)
+    assert "streamed block by block (--stream" in caplog.text
+    run = workbench.open(path)
+    for name in FORWARD:
+        xr.testing.assert_allclose(run.results(name).load(), whole_results.results(name).load(), rtol=1e-5)
+
+
+def test_max_memory_chooses_streaming_and_says_why(_trained, tmp_path, whole_results, caplog):
+    path = shutil.copytree(_trained, tmp_path / "run")
+    with caplog.at_level("WARNING"):
+        code, out = wb("analyze", path, "--only", "loss,evaluation", "--steps", "30", "--workers", "0", "--max-memory", "100KB")
+    assert code == 0, out
+    assert "streamed block by block (the float32 model" in caplog.text, caplog.text
+    assert "exceeds --max-memory 100.0 KB); evaluation load the whole model (not streamed yet)" in caplog.text, caplog.text
+    xr.testing.assert_allclose(workbench.open(path).results("loss").load(),
+                               whole_results.results("loss").load().sel(step=[30]), rtol=1e-5)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        code, out = wb("analyze", path, "--only", "activations", "--steps", "30", "--workers", "0", "--max-memory", "1GB")
+    assert code == 0 and "whole model (the float32 model" in caplog.text and "fits --max-memory 1.0 GB" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-1GB"])
+def test_bad_max_memory(trained_run, value):
+    code, out = wb("analyze", trained_run, "--only", "loss", "--workers", "0", "--max-memory", value)
+    assert code == 2 and "--max-memory" in out and len(out.strip().splitlines()) == 1, out
