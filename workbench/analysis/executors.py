@@ -76,7 +76,7 @@ def _worker_state() -> WorkerState:
     return plugin.state if plugin is not None else WorkerState()  # a worker that missed the plugin: no cache
 
 
-def _tasks(plan: "Plan", cuda: bool, stream: bool | None) -> list[Task]:
+def _tasks(plan: "Plan", cuda: bool, stream: bool | None = None) -> list[Task]:
     return [Task(a, plan.location, plan.snapshot, s, plan.steps, "cuda" if cuda and a.kind == "forward" else "cpu",
                  stream) for a, s in plan.tasks]
 
