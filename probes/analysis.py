@@ -118,12 +118,22 @@ class Probes(Analysis):
         names = self.task_names(ctx.run)
         sources = ctx.cached(("probes.sources", p, tuple(sorted(self.inputs(None).items()))),
                              lambda: build(ctx.run, names, self.files, p.max_tokens, p.pool, p.seed, seq_len))
-        model = ctx.model()
+        model = ctx.model(streamable=True)
         layers = n_layers(model) + 1
         probe = Probe(sources, layers, seq_len, p.batch_size)
         probe.fit(model, p.lambdas, p.fit, p.c)
         probe.predict(model)
         return probe.dataset()
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A batch of rows of the probing texts: `ids` [row, pos], its first row's index, and where the examples of
+    each source lie in it (`_in_rows`)."""
+
+    ids: torch.Tensor
+    first_row: int
+    examples: dict
 
 
 class Probe:
@@ -139,22 +149,21 @@ class Probe:
         """Run the texts holding examples of `splits`; `on_layer(source, example indices, layer, X)` gets each
         layer's features `[example, d_model]` (float64) of the examples in each batch."""
         rows, placed = _rows(self.sources, splits, self.seq_len)
-        device = next(model.parameters()).device
+        batches = []
         for r0 in range(0, len(rows), self.batch_size):
             part = rows[r0: r0 + self.batch_size]
-            width = max(len(r) for r in part)
-            ids = torch.zeros(len(part), width, dtype=torch.int64)  # right-padded: causal, so padding is never seen
+            ids = torch.zeros(len(part), max(len(r) for r in part), dtype=torch.int64)  # right-padded (causal)
             for i, r in enumerate(part):
                 ids[i, : len(r)] = torch.as_tensor(r)
-            in_batch = {name: _in_rows(ex, r0, r0 + len(part)) for name, ex in placed.items()}
+            batches.append(_Rows(ids, r0, {name: _in_rows(ex, r0, r0 + len(part)) for name, ex in placed.items()}))
 
-            def fn(hook: str, h: torch.Tensor) -> None:
-                layer = 0 if hook == LAYER_HOOKS[0] else forward.layer_of(hook) + 1
-                for name, (index, row, start, end) in in_batch.items():
-                    if len(index):
-                        on_layer(name, index, layer, _pool(h, row - r0, start, end))
+        def fn(b: _Rows, hook: str, h: torch.Tensor) -> None:
+            layer = 0 if hook == LAYER_HOOKS[0] else forward.layer_of(hook) + 1
+            for name, (index, row, start, end) in b.examples.items():
+                if len(index):
+                    on_layer(name, index, layer, _pool(h, row - b.first_row, start, end))
 
-            forward.stream(model, ids.to(device), LAYER_HOOKS, fn)
+        forward.stream_batches(model, batches, LAYER_HOOKS, fn)
 
     def fit(self, model, lambdas, method: str, c: float) -> None:
         stats = {s.name: [CrossMoments() for _ in range(self.layers)] for s in self.sources}

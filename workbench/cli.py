@@ -22,6 +22,13 @@ app.add_typer(data_app, name="data")
 app.add_typer(tokenizer_app, name="tokenizer")
 
 RunArg = Annotated[str, typer.Argument(help="run folder or s3://bucket/prefix")]
+StreamOpt = Annotated[Optional[bool], typer.Option(
+    "--stream/--no-stream", help="forward passes block by block from the store (default: when the model does not fit "
+                                 "--max-memory or a Dask worker's memory limit)")]
+MaxMemoryOpt = Annotated[Optional[str], typer.Option(
+    "--max-memory", help="memory a forward pass may hold (2GB, 500MB); a larger float32 model streams")]
+DtypeOpt = Annotated[Optional[str], typer.Option(
+    help="compute dtype of forward passes: float32, bfloat16 or float16 (default: float32 on CPU, stored on CUDA)")]
 Compression = Annotated[Optional[str], typer.Option(
     help="of a new run's tensors: none (fastest writes, the default) or lz4 (~12% smaller)")]
 
@@ -46,6 +53,12 @@ def expected_errors(fn):
             raise typer.Exit(e.exit_code) from None
 
     return wrapper
+
+
+def _memory(text: str | None) -> int | None:
+    from workbench.store.hf import parse_size
+
+    return parse_size(text, "--max-memory") if text is not None else None
 
 
 def _steps_text(steps: list[int]) -> str:
@@ -258,17 +271,15 @@ def analyze_cmd(
     device: Annotated[str, typer.Option(help="forward passes on auto, cpu or cuda")] = "auto",
     recompute: Annotated[bool, typer.Option("--recompute", help="replace stored results instead of skipping them")] = False,
     commit_every: Annotated[int, typer.Option("--commit-every", help="commit after this many finished tasks (or 10 s)")] = 16,
-    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="forward passes block by block from the store (default: when the model does not fit --max-memory or a worker)")] = None,
-    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="memory a forward pass may hold (2GB); a larger float32 model streams")] = None,
+    stream: StreamOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    dtype: DtypeOpt = None,
 ):
     """Compute analyses at every (chosen) checkpoint with Dask; store them under results/ of the run. Resumable."""
     from workbench.analysis import analyze as run_analyses
-    from workbench.store.hf import parse_size
-
-    limit = parse_size(max_memory, "--max-memory") if max_memory is not None else None
     done = run_analyses(run, only, steps, workers=workers, scheduler=scheduler, progress=sys.stderr.isatty(),
                         eval_data=eval_data, device=device, recompute=recompute, commit_every=commit_every,
-                        stream=stream, max_memory=limit)
+                        stream=stream, max_memory=_memory(max_memory), dtype=dtype)
     for name, computed in done.items():
         what = f": {_steps_text(computed)}" if computed else " (all were stored already)"
         typer.echo(f"{name}: computed {len(computed)} step(s){what}")
@@ -284,13 +295,17 @@ def probe_cmd(
     scheduler: Annotated[Optional[str], typer.Option(help="address of an existing dask.distributed scheduler")] = None,
     fit: Annotated[str, typer.Option(help="ridge (streamed, the default) or logistic (the reference fit)")] = "ridge",
     recompute: Annotated[bool, typer.Option("--recompute", help="replace stored probe results")] = False,
+    stream: StreamOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    dtype: DtypeOpt = None,
 ):
     """Linear probes of every layer at every checkpoint (results/probes): script, language, facts, your JSONL tasks."""
     from workbench.analysis import analyze as run_analyses
 
     params = {"fit": fit, **({"tasks": [t.strip() for t in tasks.split(",") if t.strip()]} if tasks else {})}
     done = run_analyses(run, ["probes"], steps, workers=workers, scheduler=scheduler, progress=sys.stderr.isatty(),
-                        params={"probes": params}, recompute=recompute)
+                        params={"probes": params}, recompute=recompute, stream=stream,
+                        max_memory=_memory(max_memory), dtype=dtype)
     computed = done["probes"]
     typer.echo(f"probes: computed {len(computed)} step(s)" + (f": {_steps_text(computed)}" if computed else
                                                                " (all were stored already)"))
@@ -309,6 +324,9 @@ def evaluate_cmd(
     harness_tasks: Annotated[Optional[str], typer.Option("--harness-tasks", help="lm-evaluation-harness tasks, comma-separated")] = None,
     harness_include: Annotated[Optional[Path], typer.Option("--harness-include", help="folder of harness task YAMLs")] = None,
     recompute: Annotated[bool, typer.Option("--recompute", help="replace stored evaluation results")] = False,
+    stream: StreamOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    dtype: DtypeOpt = None,
 ):
     """Task scores at every checkpoint (results/evaluation): planted facts per language and across, task files."""
     from workbench.analysis import analyze as run_analyses
@@ -319,7 +337,8 @@ def evaluate_cmd(
     params = {"shots": shots, "template": template, "tasks": listed(tasks), "harness_tasks": listed(harness_tasks),
               "harness_include": str(harness_include) if harness_include else None}
     done = run_analyses(run, ["evaluation"], steps, workers=workers, scheduler=scheduler, progress=sys.stderr.isatty(),
-                        params={"evaluation": params}, recompute=recompute)
+                        params={"evaluation": params}, recompute=recompute, stream=stream,
+                        max_memory=_memory(max_memory), dtype=dtype)
     computed = done["evaluation"]
     typer.echo(f"evaluation: computed {len(computed)} step(s)" + (f": {_steps_text(computed)}" if computed else
                                                                    " (all were stored already)"))

@@ -16,8 +16,8 @@ from workbench.analysis import analyze
 from workbench.models.capture import capture
 from workbench.models.streamed import StreamedLlama
 
-FORWARD = ["loss", "activations", "lens", "similarity", "memorization"]  # the analyses that stream
-PARAMS = {"similarity": {"tokens": 64}, "memorization": {"sample": 8}}
+FORWARD = ["loss", "activations", "lens", "similarity", "memorization", "evaluation", "probes"]  # all stream
+PARAMS = {"similarity": {"tokens": 64}, "memorization": {"sample": 8}, "probes": {"max_tokens": 1500}}
 NAMES = ["hook_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.ln1.hook_normalized", "blocks.{l}.attn.hook_pattern",
          "blocks.{l}.mlp.hook_post", "blocks.{l}.hook_resid_post", "ln_final.hook_normalized"]
 
@@ -97,10 +97,10 @@ def test_analyses_streamed_equal_whole(_trained, tmp_path, whole_results, caplog
 def test_max_memory_chooses_streaming_and_says_why(_trained, tmp_path, whole_results, caplog):
     path = shutil.copytree(_trained, tmp_path / "run")
     with caplog.at_level("WARNING"):
-        code, out = wb("analyze", path, "--only", "loss,evaluation", "--steps", "30", "--workers", "0", "--max-memory", "100KB")
+        code, out = wb("analyze", path, "--only", "loss", "--steps", "30", "--workers", "0", "--max-memory", "100KB")
     assert code == 0, out
     assert "streamed block by block (the float32 model" in caplog.text, caplog.text
-    assert "exceeds --max-memory 100.0 KB); evaluation load the whole model (not streamed yet)" in caplog.text, caplog.text
+    assert "exceeds --max-memory 100.0 KB)" in caplog.text, caplog.text
     xr.testing.assert_allclose(workbench.open(path).results("loss").load(),
                                whole_results.results("loss").load().sel(step=[30]), rtol=1e-5)
     caplog.clear()
@@ -109,7 +109,60 @@ def test_max_memory_chooses_streaming_and_says_why(_trained, tmp_path, whole_res
     assert code == 0 and "whole model (the float32 model" in caplog.text and "fits --max-memory 1.0 GB" in caplog.text
 
 
+@pytest.mark.parametrize("command", [["analyze", "--only", "loss"], ["probe"], ["evaluate"]])
 @pytest.mark.parametrize("value", ["lots", "0", "-1GB"])
-def test_bad_max_memory(trained_run, value):
-    code, out = wb("analyze", trained_run, "--only", "loss", "--workers", "0", "--max-memory", value)
+def test_bad_max_memory(trained_run, command, value):
+    code, out = wb(command[0], trained_run, *command[1:], "--workers", "0", "--max-memory", value)
     assert code == 2 and "--max-memory" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_stream_asked_for_an_architecture_it_does_not_cover(tmp_path):
+    """Block-by-block passes are the in-repo LLaMA's: asked for on a GPT-2 run, a one-line refusal; chosen
+    automatically, the whole model."""
+    import types
+
+    import transformers
+
+    from workbench.analysis.runner import forward_mode
+    from workbench.errors import UsageError
+
+    model = transformers.AutoModelForCausalLM.from_config(transformers.GPT2Config(
+        vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    model.save_pretrained(tmp_path / "src" / "step0")
+    assert wb("import", "hf", tmp_path / "src", "--out", tmp_path / "run")[0] == 0
+    run = workbench.open(tmp_path / "run")
+    plan = types.SimpleNamespace(tasks=[(types.SimpleNamespace(name="loss", kind="forward"), 0)])
+    with pytest.raises(UsageError, match="--stream: block-by-block forward passes need a run the in-repo LLaMA"):
+        forward_mode(run, plan, True, None)
+    assert forward_mode(run, plan, None, 1) is False
+
+
+# Largest relative difference, bfloat16 compute against float32, measured on this run (test_bfloat16_...), with
+# a margin of ~10x: what a user of `--dtype bfloat16` should expect of each statistic (docs/SCALE.md).
+BF16_BOUNDS = {"loss": 5e-4, "perplexity": 3e-3, "token_loss": 2e-2, "attn_entropy": 5e-4, "fire_rate": 5e-3,
+               "massive_ratio": 5e-2, "massive_value": 5e-2, "resid_norm": 5e-3, "sink_mass": 1e-3,
+               "resid_kurtosis": 5e-3, "kl": 5e-3, "top1_agreement": 2e-2}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bfloat16_compute_stays_within_documented_bounds(_trained, tmp_path, whole_results, stream):
+    import numpy as np
+
+    path = shutil.copytree(_trained, tmp_path / "run")
+    analyze(path, ["loss", "activations", "lens"], steps=[30], workers=0, progress=False, dtype="bfloat16",
+            stream=stream)
+    run, checked = workbench.open(path), set()
+    for name in ("loss", "activations", "lens"):
+        a, b = whole_results.results(name).load().sel(step=[30]), run.results(name).load()
+        for v, bound in BF16_BOUNDS.items():
+            if v in a:
+                x, y = a[v].values, b[v].values
+                rel = np.max(np.abs(x - y) / np.maximum(np.abs(x), 1e-3))
+                assert 0 < rel <= bound, (name, v, rel)  # 0 would mean the dtype was ignored
+                checked.add(v)
+    assert checked == set(BF16_BOUNDS)
+
+
+def test_unknown_dtype(trained_run):
+    code, out = wb("analyze", trained_run, "--only", "loss", "--workers", "0", "--dtype", "float64")
+    assert code == 2 and "--dtype must be one of float32, bfloat16, float16" in out, out

@@ -268,7 +268,7 @@ def seen(monkeypatch) -> list:
 def stub_scorer(tok: Tokenizer, window: int) -> Scorer:
     """The native scorer with `tok` and a model window (its model never reached: see `seen`)."""
     scorer = Scorer.__new__(Scorer)
-    scorer.model, scorer.tok, scorer.eos, scorer.context = None, tok, None, window
+    scorer.model, scorer.tok, scorer.eos, scorer.context, scorer.prepared = None, tok, None, window, {}
     return scorer
 
 

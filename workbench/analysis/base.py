@@ -175,9 +175,9 @@ class StepContext:
     evaluation set of forward analyses, and the worker's state (everything cached between tasks)."""
 
     def __init__(self, run: "Run", step: int, steps: tuple[int, ...], state: "WorkerState", device: str = "cpu",
-                 eval_set: "EvalSet | None" = None, stream: bool | None = False):
+                 eval_set: "EvalSet | None" = None, stream: bool | None = False, dtype: str | None = None):
         self.run, self.step, self.steps, self.state = run, int(step), tuple(steps), state
-        self.device, self.eval_set, self.stream = device, eval_set, stream
+        self.device, self.eval_set, self.stream, self.dtype = device, eval_set, stream, dtype
 
     @property
     def init_step(self) -> int:
@@ -225,10 +225,11 @@ class StepContext:
         return self.state.matrices(self.run, self.step if step is None else int(step), template, layers)
 
     def model(self, step: int | None = None, streamable: bool = False) -> "torch.nn.Module":
-        """The model of `step` (default: the task's) on the task's device, float32, eval mode: the in-repo
+        """The model of `step` (default: the task's) on the task's device in the task's compute `dtype` (float32
+        on CPU, the stored dtype on CUDA, unless `--dtype` says otherwise), eval mode: the in-repo
         LLaMA for the workbench's runs, the transformers model for imported architectures. One per worker.
         An analysis that runs its batches through `forward.stream_batches` / `forward.final_residuals` asks
         `streamable=True`: it then gets a `StreamedLlama` (blocks read one at a time) when the task streams
         (`stream`: forced, or None and the model does not fit the worker's memory limit)."""
         step = self.step if step is None else int(step)
-        return self.state.model(self.run, step, self.device, self.stream if streamable else False)
+        return self.state.model(self.run, step, self.device, self.stream if streamable else False, self.dtype)

@@ -49,6 +49,7 @@ class Task:
     steps: tuple[int, ...]
     device: str
     stream: bool | None = None  # forward passes block by block from the store; None: when the model does not fit
+    dtype: str | None = None  # compute dtype of forward passes; None: float32 on CPU, the stored dtype on CUDA
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ def run_task(task: Task, eval_set, state: WorkerState | None = None) -> "xr.Data
     """One (analysis, step), in a worker process (its plugin's state) or here (`state`)."""
     state = state or _worker_state()
     run = state.run(task.location, task.snapshot)
-    ctx = StepContext(run, task.step, task.steps, state, device=task.device, eval_set=eval_set, stream=task.stream)
+    ctx = StepContext(run, task.step, task.steps, state, device=task.device, eval_set=eval_set, stream=task.stream,
+                      dtype=task.dtype)
     return finalize(task.analysis, task.analysis.compute(ctx), task.step)
 
 
@@ -76,9 +78,9 @@ def _worker_state() -> WorkerState:
     return plugin.state if plugin is not None else WorkerState()  # a worker that missed the plugin: no cache
 
 
-def _tasks(plan: "Plan", cuda: bool, stream: bool | None = None) -> list[Task]:
+def _tasks(plan: "Plan", cuda: bool, stream: bool | None = None, dtype: str | None = None) -> list[Task]:
     return [Task(a, plan.location, plan.snapshot, s, plan.steps, "cuda" if cuda and a.kind == "forward" else "cpu",
-                 stream) for a, s in plan.tasks]
+                 stream, dtype) for a, s in plan.tasks]
 
 
 class LocalExecutor:
@@ -87,14 +89,14 @@ class LocalExecutor:
     def __init__(self, state: WorkerState | None = None):
         self.state = state or WorkerState()
 
-    def outcomes(self, plan: "Plan", device: str, stream: bool | None, wait: Callable[[], float]
-                 ) -> Iterator[Outcome | None]:
+    def outcomes(self, plan: "Plan", device: str, stream: bool | None, dtype: str | None,
+                 wait: Callable[[], float]) -> Iterator[Outcome | None]:
         import torch
 
         if device == "cuda" and not torch.cuda.is_available():
             raise UsageError("device cuda asked for, but this machine has no CUDA device")
         cuda = device != "cpu" and torch.cuda.is_available()
-        for task in _tasks(plan, cuda, stream):
+        for task in _tasks(plan, cuda, stream, dtype):
             try:
                 yield Outcome(task.analysis, task.step, run_task(task, plan.eval_set, self.state))
             except Exception as e:  # noqa: BLE001 - reported with the others at the end, as from Dask
@@ -108,8 +110,8 @@ class DaskExecutor:
     def __init__(self, workers: int | None = None, scheduler: str | None = None, retries: int = 2):
         self.workers, self.scheduler, self.retries = workers, scheduler, retries
 
-    def outcomes(self, plan: "Plan", device: str, stream: bool | None, wait: Callable[[], float]
-                 ) -> Iterator[Outcome | None]:
+    def outcomes(self, plan: "Plan", device: str, stream: bool | None, dtype: str | None,
+                 wait: Callable[[], float]) -> Iterator[Outcome | None]:
         from distributed import wait as wait_for
 
         from workbench.analysis.plugin import PLUGIN, StatePlugin
@@ -118,7 +120,7 @@ class DaskExecutor:
         with self._client(len(plan), plan.memory_per_task, device, forward) as (client, cuda):
             client.register_plugin(StatePlugin(), name=PLUGIN)  # replaces the previous analyze's
             eval_arg = client.scatter(plan.eval_set, broadcast=True, hash=False) if plan.eval_set is not None else None
-            tasks, token = _tasks(plan, cuda, stream), uuid.uuid4().hex[:8]
+            tasks, token = _tasks(plan, cuda, stream, dtype), uuid.uuid4().hex[:8]
             prefer = _blocks(tasks, sorted(client.scheduler_info()["workers"]))
             futures = {}
             for i, (task, worker) in enumerate(zip(tasks, prefer)):

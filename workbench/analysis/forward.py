@@ -117,8 +117,9 @@ def residuals(model: torch.nn.Module, ids: torch.Tensor, last_only: bool = False
     return out
 
 
-def stream_batches(model, batches: list[Batch], names, fn: Callable[[Batch, str, torch.Tensor], None]) -> None:
-    """The activations `names` of every batch to `fn(batch, name, x)`: batch by batch through a whole model;
+def stream_batches(model, batches: list, names, fn: Callable[..., None]) -> None:
+    """The activations `names` of every batch (a `Batch`, or anything with token `ids` [batch, pos]) to
+    `fn(batch, name, x)`: batch by batch through a whole model;
     through a `StreamedLlama` block by block, every batch through a block before the next block is read (the
     statistics that consume them do not depend on the order)."""
     if is_streamed(model):

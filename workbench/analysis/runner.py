@@ -27,14 +27,15 @@ log = logging.getLogger(__name__)
 COMMIT_EVERY = 16
 COMMIT_INTERVAL = 10.0
 DEVICES = ("auto", "cpu", "cuda")
-STREAMABLE = frozenset({"activations", "lens", "loss", "memorization", "similarity"})  # forward analyses that run on a StreamedLlama (issue 19)
+DTYPES = ("float32", "bfloat16", "float16")
+STREAMABLE = frozenset({"activations", "evaluation", "lens", "loss", "memorization", "probes", "similarity"})  # forward analyses that run on a StreamedLlama (issue 19)
 
 
 def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: int | None = None,
             scheduler: str | None = None, progress: bool = True, params: dict[str, dict] | None = None,
             eval_data=None, device: str = "auto", recompute: bool = False, commit_every: int = COMMIT_EVERY,
             commit_interval: float = COMMIT_INTERVAL, retries: int = 2, stream: bool | None = None,
-            max_memory: int | None = None) -> dict[str, list[int]]:
+            max_memory: int | None = None, dtype: str | None = None) -> dict[str, list[int]]:
     """Compute `names` (default: every registered analysis) at `steps` (default: all) of `run` and commit
     the results under `results/<name>`; returns {name: steps computed now}.
 
@@ -46,12 +47,16 @@ def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: 
 
     Forward passes stream the model block by block from the store (`StreamedLlama`) when `stream=True`, or when
     `stream` is None and the float32 model exceeds `max_memory` bytes (without it: a Dask worker's memory
-    limit); a log line says which mode and why. Analyses that do not stream yet load the whole model.
+    limit); a log line says which mode and why. `dtype` ("float32", "bfloat16" or "float16") is the forward
+    passes' compute dtype (default: float32 on CPU, the stored dtype on CUDA); statistics accumulate in float32
+    or wider either way.
     """
     from workbench.store.run import Run
     from workbench.store.writer import RunWriter
 
     _check_options(workers, scheduler, device, commit_every, commit_interval, retries)
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     run = Run(run.location if isinstance(run, Run) else run)  # the newest snapshot, read once
     plan = make_plan(run, names, steps, params, eval_data, recompute)
     for name, stale in plan.stale.items():
@@ -67,7 +72,7 @@ def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: 
 
     with tqdm(total=len(plan), desc="analyze", unit="task", disable=not progress) as bar:
         try:
-            for outcome in executor.outcomes(plan, device, stream, committer.seconds_to_due):
+            for outcome in executor.outcomes(plan, device, stream, dtype, committer.seconds_to_due):
                 if outcome is not None:
                     if outcome.error is None:
                         committer.add(outcome.analysis, outcome.step, outcome.result)

@@ -61,10 +61,11 @@ class WorkerState:
             return self.parameters(run, step)[template][layers]
         return as_float32(template, run.checkpoint(step).array(template, layers))
 
-    def model(self, run: "Run", step: int, device: str, stream: bool | None = False) -> "torch.nn.Module":
-        """The model of `step` (float32, eval mode): one at a time, as tasks come in step order. With `stream`
-        (None: when the float32 model exceeds this Dask worker's memory limit) a `StreamedLlama`, which holds
-        no block."""
+    def model(self, run: "Run", step: int, device: str, stream: bool | None = False,
+              dtype: str | None = None) -> "torch.nn.Module":
+        """The model of `step` in `dtype` (None: float32 on CPU, the stored dtype on CUDA), eval mode: one at a
+        time, as tasks come in step order. With `stream` (None: when the float32 model exceeds this Dask worker's
+        memory limit) a `StreamedLlama`, which holds no block."""
         import torch
 
         from workbench.models.capture import open_model
@@ -75,13 +76,14 @@ class WorkerState:
             limit = worker_memory_limit()
             stream = limit is not None and checkpoint_nbytes(run) > limit
         stream = stream and llama_unsupported(run.model_config) is None  # other architectures: whole (issue 19)
-        key = (run.location, run.snapshot, step, device, stream)
+        dtype = getattr(torch, dtype or ("float32" if device == "cpu" else stored_dtype(run)))
+        key = (run.location, run.snapshot, step, device, stream, dtype)
         with self.lock:
             if self.current_model is not None and self.current_model[0] == key:
                 return self.current_model[1]
             self.current_model = None  # free the previous model before loading the next
             checkpoint = run.checkpoint(step)
-            model = StreamedLlama(checkpoint, device) if stream else open_model(checkpoint, device, torch.float32)
+            model = StreamedLlama(checkpoint, device, dtype) if stream else open_model(checkpoint, device, dtype)
             self.current_model = (key, model)
             return model
 
@@ -124,6 +126,12 @@ def as_float32(template: str, t: "torch.Tensor") -> "torch.Tensor":
 def checkpoint_nbytes(run: "Run") -> int:
     """Bytes of one checkpoint as `read_parameters` returns it (float32)."""
     return sum(math.prod(a.shape[1:]) * 4 for a in run.parameter_arrays.values())
+
+
+def stored_dtype(run: "Run") -> str:
+    """The dtype the run's floating-point parameters are stored in (its first matrix's)."""
+    return next((a.attrs["dtype"] for a in run.parameter_arrays.values() if len(a.shape) > 2 and
+                 a.attrs["dtype"] in ("float32", "bfloat16", "float16", "float64")), "float32")
 
 
 def worker_memory_limit() -> int | None:

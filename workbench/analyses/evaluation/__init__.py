@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import xarray as xr
 
 from workbench.analysis.base import Analysis, StepContext
@@ -103,8 +104,8 @@ class Evaluation(Analysis):
         names = self.task_names(ctx.run)
         tasks = ctx.cached(("evaluation.tasks", tuple(names), tuple(sorted(self.inputs(None).items()))),
                            lambda: [self.files[n] if n in self.files else builtin(ctx.run, n) for n in names])
-        model = ctx.model()
-        scorer = Scorer(model, ctx.run)
+        scorer = Scorer(ctx.model(streamable=True), ctx.run)
+        scorer.prepare(tasks)
         rows = {t.name: scorer.task(t) for t in tasks}
         if self.params.harness_tasks:
             rows.update(harness.evaluate(ctx.run.checkpoint(ctx.step), self.params.harness_tasks,
@@ -125,6 +126,27 @@ class Scorer:
         self.eos = hf_tokenizer(run).eos_token_id
         config = run.model_config
         self.context = config.get("max_position_embeddings") or config.get("n_positions") or 2048
+        self.prepared: dict[tuple, np.ndarray] = {}  # scores computed up front for a StreamedLlama
+
+    def prepare(self, tasks: list[Task]) -> None:
+        """With a `StreamedLlama`, score every item of `tasks` up front: the log-probabilities of every choice in
+        one pass over the blocks (each context + choice a sequence of its own), the greedy generations in one
+        pass per generated token for all items at once. A whole model scores item by item."""
+        from workbench.analysis import forward
+
+        if not forward.is_streamed(self.model):
+            return
+        seqs = list(dict.fromkeys((tuple(c), tuple(k)) for t in tasks for n, item in enumerate(t.choices, 1)
+                                  for c, conts in [self.pair(item, f"evaluation task {t.name}, item {n}")]
+                                  for k in conts))
+        finals = self.model.run([torch.tensor([c + k]) for c, k in seqs])
+        for (c, k), x in zip(seqs, finals):
+            logp = self.model.unembed(x[0, len(c) - 1: len(c) + len(k) - 1]).double().log_softmax(-1)
+            self.prepared[("choice", c, k)] = logp.gather(-1, torch.tensor(k)[:, None])[:, 0].numpy()
+        prompts = list(dict.fromkeys(self.prompt(item) for t in tasks for item in t.generations))
+        outs = self.model.generate([torch.tensor([ids]) for ids, _ in prompts], max((n for _, n in prompts), default=0))
+        for (ids, n), out in zip(prompts, outs):
+            self.prepared[("generation", ids, n)] = out[0, len(ids): len(ids) + n].numpy()
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -142,22 +164,30 @@ class Scorer:
         from workbench.models.capture import continuation_logprobs
 
         ctx_ids, conts = self.pair(item, where)
-        sums = np.array([lp.sum() for lp in continuation_logprobs(self.model, ctx_ids, conts)])
+        logprobs = [self.prepared[("choice", tuple(ctx_ids), tuple(k))] for k in conts] if self.prepared else \
+            continuation_logprobs(self.model, ctx_ids, conts)
+        sums = np.array([lp.sum() for lp in logprobs])
         chars = np.array([max(1, len(c)) for c in item.choices])
         nbytes = np.array([max(1, len(c.encode("utf-8"))) for c in item.choices])
         return {"correct": float(np.argmax(sums) == item.gold), "correct_chars": float(np.argmax(sums / chars) == item.gold),
                 "correct_bytes": float(np.argmax(sums / nbytes) == item.gold), "gold_logprob": float(sums[item.gold]),
                 "gold_bytes": float(nbytes[item.gold]), "chance": 1 / len(item.choices), "choice": int(np.argmax(sums))}
 
+    def prompt(self, item: Generation) -> tuple[tuple[int, ...], int]:
+        """The prompt's token ids (its last ones, so that the answer fits the window) and the tokens to generate."""
+        n = item.output_length if item.output_length > 0 else max(1, len(self.encode(item.answer)))
+        return tuple(self.encode(item.prompt)[-max(1, self.context - n):] or [self.eos or 0]), n
+
     def generation(self, item: Generation) -> dict:
         from workbench.models.capture import generate
 
-        n = item.output_length if item.output_length > 0 else max(1, len(self.encode(item.answer)))
-        ids = self.encode(item.prompt)[-max(1, self.context - n):] or [self.eos or 0]
-        import torch
-
-        out = generate(self.model, torch.tensor([ids], device=next(self.model.parameters()).device), n)
-        pred = metrics.prediction(self.tok.decode(out[0, len(ids):].tolist()))
+        ids, n = self.prompt(item)
+        if self.prepared:
+            new = self.prepared[("generation", ids, n)].tolist()
+        else:
+            new = generate(self.model, torch.tensor([ids], device=next(self.model.parameters()).device), n)[0, len(ids):]
+            new = new.tolist()
+        pred = metrics.prediction(self.tok.decode(new))
         return {"exact_match": metrics.exact_match(pred, item.answer), "char_f1": metrics.char_f1(pred, item.answer),
                 "prediction": pred}
 
