@@ -166,3 +166,15 @@ def test_bfloat16_compute_stays_within_documented_bounds(_trained, tmp_path, who
 def test_unknown_dtype(trained_run):
     code, out = wb("analyze", trained_run, "--only", "loss", "--workers", "0", "--dtype", "float64")
     assert code == 2 and "--dtype must be one of float32, bfloat16, float16" in out, out
+
+
+def test_how_the_forward_passes_ran_is_recorded(_trained, tmp_path):
+    path = shutil.copytree(_trained, tmp_path / "run")
+    analyze(path, ["loss", "weights"], steps=[0], workers=0, progress=False, dtype="bfloat16", stream=True)
+    analyze(path, ["activations"], steps=[0], workers=0, progress=False)
+    run = workbench.open(path)
+    code = {name: run.results_coords(name, ["provenance_code"])[0]["provenance_code"]
+            for name in ("loss", "weights", "activations")}
+    assert code["loss"].endswith("; forward passes in bfloat16 on cpu, streamed"), code
+    assert code["activations"].endswith("; forward passes in float32 on cpu"), code
+    assert "forward passes" not in code["weights"], code

@@ -169,6 +169,19 @@ def finalize(analysis: Analysis, ds, step: int):
     return ds.expand_dims(step=[int(step)])
 
 
+COMPUTE_ATTR = "compute"  # a step's Dataset attribute: how its forward passes ran (recorded in its provenance)
+
+
+def compute_of(model) -> str:
+    """How a model computes, as provenance records it: "bfloat16 on cpu, streamed", "float32 on cuda:0"."""
+    from workbench.models.streamed import StreamedLlama
+
+    if isinstance(model, StreamedLlama):
+        return f"{str(model.dtype).removeprefix('torch.')} on {model.device}, streamed"
+    p = next(model.parameters())
+    return f"{str(p.dtype).removeprefix('torch.')} on {p.device}"
+
+
 class StepContext:
     """What a task gets: the run (opened in the worker at the planned snapshot), the step, the steps of that
     snapshot (so `prev_step` and `init_step` do not move while a trainer appends), the device, the
@@ -178,6 +191,7 @@ class StepContext:
                  eval_set: "EvalSet | None" = None, stream: bool | None = False, dtype: str | None = None):
         self.run, self.step, self.steps, self.state = run, int(step), tuple(steps), state
         self.device, self.eval_set, self.stream, self.dtype = device, eval_set, stream, dtype
+        self.compute: str | None = None  # how the forward passes ran, once `model()` was asked for
 
     @property
     def init_step(self) -> int:
@@ -232,4 +246,6 @@ class StepContext:
         `streamable=True`: it then gets a `StreamedLlama` (blocks read one at a time) when the task streams
         (`stream`: forced, or None and the model does not fit the worker's memory limit)."""
         step = self.step if step is None else int(step)
-        return self.state.model(self.run, step, self.device, self.stream if streamable else False, self.dtype)
+        model = self.state.model(self.run, step, self.device, self.stream if streamable else False, self.dtype)
+        self.compute = compute_of(model)
+        return model

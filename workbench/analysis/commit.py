@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from workbench.analysis.base import COMPUTE_ATTR
 from workbench.analysis.results import analysis_attrs
 from workbench.store.results import Update
 
@@ -44,6 +45,8 @@ class Committer:
 
     def add(self, analysis: "Analysis", step: int, ds: "xr.Dataset") -> None:
         coords = self.provenance[analysis.name][step].coords()
+        if (compute := ds.attrs.pop(COMPUTE_ATTR, None)) is not None:
+            coords["provenance_code"] += f"; forward passes in {compute}"
         self.buffer[analysis.name].append(ds.assign_coords({k: ("step", [v]) for k, v in coords.items()}))
         if self.oldest is None:
             self.oldest = time.monotonic()

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from workbench.analysis.base import StepContext, finalize
+from workbench.analysis.base import COMPUTE_ATTR, StepContext, finalize
 from workbench.analysis.state import WorkerState
 from workbench.errors import UsageError
 
@@ -66,7 +66,10 @@ def run_task(task: Task, eval_set, state: WorkerState | None = None) -> "xr.Data
     run = state.run(task.location, task.snapshot)
     ctx = StepContext(run, task.step, task.steps, state, device=task.device, eval_set=eval_set, stream=task.stream,
                       dtype=task.dtype)
-    return finalize(task.analysis, task.analysis.compute(ctx), task.step)
+    ds = finalize(task.analysis, task.analysis.compute(ctx), task.step)
+    if ctx.compute is not None:
+        ds.attrs[COMPUTE_ATTR] = ctx.compute  # into the step's provenance_code (`Committer.add`)
+    return ds
 
 
 def _worker_state() -> WorkerState:

@@ -7,7 +7,8 @@ Four coordinates along `step` of every results group (JSON text; see docs/FORMAT
 - `provenance_inputs`: {name: fingerprint} of what else it read: the evaluation set, task files, run tables read
   whole (`table:data/documents`) and tables read up to the step (`table:data/order@step`);
 - `provenance_params`: the analysis' parameters;
-- `provenance_code`: the code version that computed it (recorded, not compared).
+- `provenance_code`: the code version that computed it and, for forward analyses, how their passes ran
+  ("; forward passes in bfloat16 on cpu, streamed"); recorded, not compared.
 """
 
 from __future__ import annotations
