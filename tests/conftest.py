@@ -7,11 +7,15 @@ No weights are downloaded; every model is built from a config and seeded.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -246,6 +250,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def dask_cluster(env: dict, workers: list[list[str]]) -> Iterator[str]:
+    """`dask scheduler` and one `dask worker` per entry of `workers` (its extra arguments) on loopback, started
+    as users start them, with `env`; yields the scheduler's address once every worker has joined."""
+    from distributed import Client
+
+    bin_dir, port = Path(sys.executable).parent, free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], **quiet)]
+    procs += [subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard", *extra],
+                               **quiet) for extra in workers]
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    client.wait_for_workers(len(workers), timeout=60)
+                break
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield address
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from training.config import check_bool, check_int, check_number, require
 
 DEVICES = ("auto", "cpu", "cuda")
 COMPRESSIONS = ("none", "lz4")  # how the run stores tensors (workbench.store.layout.Layout)
+PARALLEL = ("none", "ddp", "fsdp")  # how torchrun's processes share a step (training.distributed)
 
 
 def check_train_value(name: str, value: object, label: str) -> None:
@@ -15,7 +16,7 @@ def check_train_value(name: str, value: object, label: str) -> None:
     match name:
         case "max_steps" | "every" | "batch_size" | "seq_len" | "n_documents":
             check_int(label, value)
-        case "warmup_steps" | "seed" | "data_seed":
+        case "warmup_steps" | "seed" | "data_seed" | "micro_batch_size":
             check_int(label, value, minimum=0)
         case "lr" | "adam_eps" | "grad_clip":
             check_number(label, value)
@@ -31,6 +32,8 @@ def check_train_value(name: str, value: object, label: str) -> None:
             require(value in DEVICES, label, "one of " + ", ".join(DEVICES), value)
         case "compression":
             require(value in COMPRESSIONS, label, "one of " + ", ".join(COMPRESSIONS), value)
+        case "parallel":
+            require(value in PARALLEL, label, "one of " + ", ".join(PARALLEL), value)
         case "preset" | "corpus" | "text_field":
             require(isinstance(value, str) and value != "", label, "a non-empty string", value)
 
@@ -59,6 +62,8 @@ class TrainConfig:
     heldout_fraction: float = 0.05
     device: str = "auto"  # auto | cpu | cuda
     compression: str = "none"  # of the stored tensors: none (fastest writes) | lz4 (~12% smaller)
+    parallel: str = "none"  # under torchrun: ddp (fsdp: issue 20)
+    micro_batch_size: int = 0  # rows per rank and micro-step; 0: batch_size / processes (no accumulation)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, replace
+from contextlib import nullcontext
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from training.config import ModelConfig
 from training.dataset import Dataset, build_dataset
+from training.distributed import World, accumulation, join, leave
 from training.model import Llama, checkpoint_state, load_checkpoint_state, parameter_roles
 from training.train_config import TrainConfig, with_overrides
 from training.writer_thread import BackgroundWriter, host_copy
@@ -88,7 +90,8 @@ class Trainer:
         run = Run(out)
         if not run.train_config or "max_steps" not in run.train_config:
             raise MissingData(f"{out} has no training config (an imported run?); nothing to resume")
-        cfg = with_overrides(TrainConfig(**run.train_config), **overrides)
+        known = {f.name for f in fields(TrainConfig)}  # the run also states processes and accumulation steps
+        cfg = with_overrides(TrainConfig(**{k: v for k, v in run.train_config.items() if k in known}), **overrides)
         stored = ModelConfig.from_hf(run.model_config)
         if model_cfg is not None:
             ours = replace(model_cfg, eos_token_id=stored.eos_token_id, bos_token_id=stored.bos_token_id)
@@ -101,7 +104,9 @@ class Trainer:
         """Train to `max_steps`; returns the run's location."""
         from workbench import store
 
-        torch.manual_seed(self.cfg.seed)
+        world = join(self.cfg.parallel, self.device)
+        micro, steps = accumulation(self.cfg.batch_size, self.cfg.micro_batch_size, world)
+        torch.manual_seed(self.cfg.seed)  # every rank starts from the same weights
         model = Llama(self.model_cfg).to(self.device)
         opt = make_optimizer(model, self.cfg)
         if self.resume:
@@ -114,31 +119,37 @@ class Trainer:
             load_optimizer_state(model, opt, ckpt.optimizer_state() or {})
             data = build_dataset(self.cfg, self.model_cfg.vocab_size, tokenizer=run.tokenizer)
             tokens_seen = int(run.metrics()["tokens"].iloc[-1]) if start > 0 else 0
-            writer = store.RunWriter(self.out)
+            writer = store.RunWriter(self.out) if world.main else None
         else:
             data = build_dataset(self.cfg, self.model_cfg.vocab_size)
             self.model_cfg.eos_token_id = data.eos_id
             model_cfg = self.model_cfg
             roles = parameter_roles(model_cfg.num_attention_heads, model_cfg.num_key_value_heads, model_cfg.head_dim)
-            writer = store.create(self.out, model_config=model_cfg.to_hf(), tokenizer=data.tokenizer,
-                                  train_config=asdict(self.cfg), layout=store.Layout(compression=self.cfg.compression),
-                                  roles=roles)
-            # The corpus and step 0 in one commit: a run either has both or no checkpoint at all.
-            writer.write_checkpoint(0, host_copy(checkpoint_state(model)), tables=data.tables())
+            writer = None
+            if world.main:  # one writer; the other ranks hold the same weights and data
+                writer = store.create(self.out, model_config=model_cfg.to_hf(), tokenizer=data.tokenizer,
+                                      train_config={**asdict(self.cfg), "processes": world.size,
+                                                    "micro_batch_size": micro, "accumulation_steps": steps},
+                                      layout=store.Layout(compression=self.cfg.compression), roles=roles)
+                # The corpus and step 0 in one commit: a run either has both or no checkpoint at all.
+                writer.write_checkpoint(0, host_copy(checkpoint_state(model)), tables=data.tables())
             start, tokens_seen = 0, 0
-        self._loop(model, opt, data, writer, start, tokens_seen)
+        self._loop(model, opt, data, writer, start, tokens_seen, world, micro, steps)
+        leave(world)
         return self.out
 
-    def _loop(self, model: Llama, opt, data: Dataset, writer, start: int, tokens_seen: int) -> None:
+    def _loop(self, model: Llama, opt, data: Dataset, writer, start: int, tokens_seen: int, world: World,
+              micro: int, accumulate: int) -> None:
         from tqdm.auto import tqdm
 
         cfg, device = self.cfg, self.device
         keep = set(cfg.checkpoint_steps())
-        background = BackgroundWriter(writer)
+        background = BackgroundWriter(writer) if writer is not None else None
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
         metrics: list[dict] = []
         order: list[dict] = []
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-        bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not self.progress)
+        bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not (self.progress and world.main))
         model.train()
         try:
             for step, tokens, spans in data.batches(cfg.batch_size, start_step=start + 1, max_step=cfg.max_steps):
@@ -146,16 +157,22 @@ class Trainer:
                 lr = lr_at(step, cfg)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                tokens = tokens.to(device, non_blocking=True)
-                with autocast:
-                    loss = model(tokens[:, :-1], tokens[:, 1:])
-                loss.backward()
+                rows = world.rows(tokens).to(device, non_blocking=True)
+                loss = torch.zeros((), device=device)
+                for i in range(accumulate):  # gradients synchronised across ranks on the last micro-step only
+                    part = rows[i * micro: (i + 1) * micro]
+                    with ddp.no_sync() if world.size > 1 and i < accumulate - 1 else nullcontext():
+                        with autocast:
+                            part_loss = ddp(part[:, :-1], part[:, 1:])
+                        (part_loss / accumulate if accumulate > 1 else part_loss).backward()
+                    loss += part_loss.detach() / accumulate if accumulate > 1 else part_loss.detach()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                loss_value = loss.item()
+                loss_value = world.mean(loss).item()
                 if not math.isfinite(loss_value):
-                    background.close()
+                    if background is not None:
+                        background.close()
                     raise TrainingDiverged(f"loss is {loss_value} at step {step}; training stopped, the last good "
                                            f"checkpoint is step {background.last_committed}")
                 n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
@@ -167,13 +184,15 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
                 if step in keep:
-                    tables = {"metrics": _columns(metrics), "data/order": _columns(order)}
-                    background.submit(step, host_copy(checkpoint_state(model)),
-                                      {k: host_copy(v) for k, v in optimizer_state(model, opt).items()}, tables)
+                    if background is not None:
+                        tables = {"metrics": _columns(metrics), "data/order": _columns(order)}
+                        background.submit(step, host_copy(checkpoint_state(model)),
+                                          {k: host_copy(v) for k, v in optimizer_state(model, opt).items()}, tables)
                     metrics, order = [], []
         finally:
             bar.close()
-        background.close()
+        if background is not None:
+            background.close()
 
 
 def _columns(rows: list[dict]) -> dict[str, np.ndarray]:

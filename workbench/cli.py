@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -207,20 +208,47 @@ def train(
     corpus: Annotated[Optional[str], typer.Option(help="'synthetic' or a folder/.jsonl/.parquet of local text")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run's last checkpoint")] = False,
     compression: Compression = None,
+    parallel: Annotated[Optional[str], typer.Option(help="none, or ddp under torchrun")] = None,
+    micro_batch_size: Annotated[Optional[int], typer.Option("--micro-batch-size", help="rows per process and micro-step (default: batch_size / processes)")] = None,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="processes on this machine: runs this command under torchrun (--parallel ddp)")] = None,
 ):
     """Train a LLaMA and record every checkpoint, the data order and the metrics in a run."""
     from training.presets import load
     from training.trainer import Trainer
 
+    if nproc is not None:
+        raise typer.Exit(_torchrun(nproc, parallel))
     if resume:
         model_cfg = load(config, preset)[0] if (preset or config) else None
         trainer = Trainer.resuming(out, model_cfg, progress=sys.stderr.isatty(), max_steps=max_steps, device=device)
     else:
         model_cfg, train_cfg = load(config, preset, max_steps=max_steps, every=every, device=device, corpus=corpus,
-                                    early=False if no_early else None, compression=compression)
+                                    early=False if no_early else None, compression=compression, parallel=parallel,
+                                    micro_batch_size=micro_batch_size)
         trainer = Trainer(model_cfg, train_cfg, out, progress=sys.stderr.isatty())
     trainer.train()
     typer.echo(f"trained {out} to step {trainer.cfg.max_steps}")
+
+
+def _torchrun(nproc: int, parallel: str | None) -> int:
+    """This `wb train` command again, under torchrun with `nproc` processes on this machine (`--standalone`:
+    rendezvous on a free local port); torchrun's exit code."""
+    import subprocess
+
+    from workbench.errors import UsageError
+
+    if nproc < 1:
+        raise UsageError(f"--nproc must be a positive integer, got {nproc}")
+    argv, args = [], iter(sys.argv[1:])
+    for a in args:
+        if a == "--nproc":
+            next(args, None)
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    argv += [] if parallel else ["--parallel", "ddp"]
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # restarted ranks rejoin reliably
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                            str(nproc), sys.argv[0], *argv], env=env)
 
 
 @data_app.command("find")

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cloudpickle
@@ -19,7 +15,7 @@ import xarray as xr
 
 import workbench
 from tests.analyses import Flaky, attempts, up_proj_norms
-from tests.conftest import SMALL_TOML, free_port
+from tests.conftest import SMALL_TOML, dask_cluster
 from workbench.analysis import analyze, register, unregister
 
 BUILT_IN = ["weights", "loss", "activations", "lens", "similarity", "memorization", "probes", "evaluation"]
@@ -31,32 +27,8 @@ def cluster(s3_server):
     """`dask scheduler` and two `dask worker` processes on loopback, with the S3 environment; the repository on
     PYTHONPATH, as a user's own analyses (here `tests.analyses`) must be importable by the workers."""
     env = {**os.environ, **s3_server, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    bin_dir = Path(sys.executable).parent
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)]
-    procs += [subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
-                                "--no-dashboard", "--name", f"w{i}"], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True) for i in range(2)]
-    from distributed import Client
-
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with Client(address, timeout=5) as client:
-                client.wait_for_workers(2, timeout=60)
-            break
-        except (OSError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    yield address
-    for proc in procs:
-        os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        proc.wait(timeout=30)
+    with dask_cluster(env, [["--nworkers", "1", "--name", f"w{i}"] for i in range(2)]) as address:
+        yield address
 
 
 @pytest.fixture(autouse=True)

@@ -5,17 +5,14 @@ memory (VmHWM) stays below the model's size."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from distributed import Client
 
 import workbench
-from tests.conftest import free_port
+from tests.conftest import dask_cluster
 from workbench.analysis import analyze
 
 CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 1024,
@@ -52,35 +49,10 @@ def test_a_worker_with_a_quarter_of_the_model_streams_it(tmp_path):
            # the limit is what the worker reports to the analyses; Dask's own reactions to it are off
            "DASK_DISTRIBUTED__WORKER__MEMORY__TARGET": "False", "DASK_DISTRIBUTED__WORKER__MEMORY__SPILL": "False",
            "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False", "DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE": "False"}
-    bin_dir, port = Path(sys.executable).parent, free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True),
-             subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
-                               "--memory-limit", str(nbytes // 4)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)]
-    try:
-        from distributed import Client
-
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with Client(address, timeout=5) as client:
-                    client.wait_for_workers(1, timeout=60)
-                break
-            except (OSError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+    with dask_cluster(env, [["--memory-limit", str(nbytes // 4)]]) as address:
         analyze(tmp_path / "run", ["loss"], scheduler=address, progress=False, eval_data=eval_file, params=params)
         with Client(address, timeout=5) as client:
             (peak,) = client.run(peak_rss).values()
-    finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=30)
     print(f"worker peak {peak / 1e9:.2f} GB, model {nbytes / 1e9:.2f} GB, limit {nbytes // 4 / 1e9:.2f} GB")
     assert peak < nbytes, (peak, nbytes)
     streamed = workbench.open(tmp_path / "run").results("loss").load()
