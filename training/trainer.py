@@ -164,17 +164,19 @@ class Trainer:
                     with ddp.no_sync() if world.size > 1 and i < accumulate - 1 else nullcontext():
                         with autocast:
                             part_loss = ddp(part[:, :-1], part[:, 1:])
-                        (part_loss / accumulate if accumulate > 1 else part_loss).backward()
-                    loss += part_loss.detach() / accumulate if accumulate > 1 else part_loss.detach()
+                        (part_loss / accumulate).backward()  # / 1 is exact: one process stays bit-exact
+                    loss += part_loss.detach() / accumulate
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 loss_value = world.mean(loss).item()
-                if not math.isfinite(loss_value):
+                if not math.isfinite(loss_value):  # every rank sees the same (all-reduced) loss and stops
+                    last = "the run's last step"
                     if background is not None:
                         background.close()
+                        last = f"step {background.last_committed}"
                     raise TrainingDiverged(f"loss is {loss_value} at step {step}; training stopped, the last good "
-                                           f"checkpoint is step {background.last_committed}")
+                                           f"checkpoint is {last}")
                 n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
                 tokens_seen += n_tokens
                 dt = time.perf_counter() - t0
