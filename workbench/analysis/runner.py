@@ -124,14 +124,15 @@ def forward_mode(run: "Run", plan, stream: bool | None, max_memory: int | None) 
             raise UsageError(f"--stream: block-by-block forward passes need a run the in-repo LLaMA implements "
                              f"({why_not})")
         return False
-    size = format_size(checkpoint_nbytes(run))
     if stream is None and max_memory is None:
         return None
+    size = checkpoint_nbytes(run)
     if stream is None:
-        stream = checkpoint_nbytes(run) > max_memory
-        why = f"the float32 model, {size}, {'exceeds' if stream else 'fits'} --max-memory {format_size(max_memory)}"
+        stream = size > max_memory
+        why = (f"the float32 model, {format_size(size)}, {'exceeds' if stream else 'fits'} --max-memory "
+               f"{format_size(max_memory)}")
     else:
-        why = f"--stream; the float32 model is {size}"
+        why = f"--stream; the float32 model is {format_size(size)}"
     whole = sorted(forward - STREAMABLE) if stream else []
     log.warning(f"forward passes: {'streamed block by block' if stream else 'whole model'} ({why})"
                 + (f"; {', '.join(whole)} load the whole model (not streamed yet)" if whole else ""))

@@ -12,7 +12,6 @@ batches' residual streams, and the unembedding in its stored dtype.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -71,7 +70,7 @@ class StreamedLlama:
             fn(current[0], hook.name, x)
 
         pasts = [c[0].length for c in caches] if caches else [0] * len(batches)
-        xs = [self._embed(ids.to(self.device)) for ids in batches]
+        xs = self._embed(batches)
         if "hook_embed" in wanted:
             for i, x in enumerate(xs):
                 fn(i, "hook_embed", x)
@@ -117,18 +116,14 @@ class StreamedLlama:
             self._head = norm.eval(), self.checkpoint.array(name).to(self.device)
         return self._head
 
-    def block_nbytes(self) -> int:
-        """Bytes of one block's weights in the compute dtype."""
-        arrays = self.checkpoint.run.parameter_arrays
-        per = sum(math.prod(a.shape[2:]) for t, a in arrays.items() if "{layer}" in t)
-        return per * self.dtype.itemsize
-
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Embeddings of `ids`, reading only the rows they use (the inner chunks holding them)."""
-        rows, index = torch.unique(ids.cpu(), return_inverse=True)
+    def _embed(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Embeddings of every batch's ids, reading only the rows they use (the inner chunks holding them), once
+        for all batches."""
+        rows, index = torch.unique(torch.cat([ids.reshape(-1).cpu() for ids in batches]), return_inverse=True)
         table = self.checkpoint.run.trajectory("model.embed_tokens.weight").sel(step=self.checkpoint.step)
-        values = torch.as_tensor(table[rows.numpy()].values)
-        return values.to(self.device, self.dtype)[index.to(self.device)]
+        values = torch.as_tensor(table[rows.numpy()].values).to(self.device, self.dtype)
+        parts = index.to(self.device).split([ids.numel() for ids in batches])
+        return [values[part].reshape(*ids.shape, -1) for part, ids in zip(parts, batches)]
 
     def _block(self, layer: int) -> Block:
         """Block `layer` with its weights read from the store, its hook points named as in the whole model."""
