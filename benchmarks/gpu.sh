@@ -4,7 +4,9 @@
 #      backward, odd shapes, the chunked cross-entropy), the forward analyses on CUDA against the CPU, a CUDA
 #      training run that checkpoints and resumes and follows the CPU run's loss;
 #   2. benchmarks/train.py at 125m and 350m, sequence 2048, bf16 autocast: tokens/s, MFU and peak memory against
-#      transformers' LlamaForCausalLM (SDPA), and against it with Liger-Kernel's fused ops where that is carried.
+#      transformers' LlamaForCausalLM (SDPA), and against it with Liger-Kernel's fused ops where that is carried;
+#   3. benchmarks/streaming.py on CUDA in bfloat16 (issue 19): forward analyses streamed block by block (pinned
+#      host-to-device copies beside the compute) against the whole model: time, host and device peak memory.
 # Before the device call, here: benchmarks/gpu-wheels.sh (the Python 3.12 wheels the GPU image lacks, into .whl/),
 # then the device tool: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540).
 # Without CUDA it stops at once, exit 2.
@@ -30,4 +32,6 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 timeout 200 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" --timeout 180 tests/gpu 2>&1 | tee "$OUT/gpu-tests.txt" || status=1
 timeout 240 "$PY" benchmarks/train.py --device cuda --sizes 125m,350m --seq-len 2048 --repeats 10 2>&1 \
     | tee "$OUT/train.txt" || status=1
+timeout 90 "$PY" benchmarks/streaming.py --device cuda --dtype bfloat16 --tokens 16384 2>&1 \
+    | tee "$OUT/streaming.txt" || status=1
 exit $status

@@ -1,4 +1,4 @@
-"""Forward passes streamed block by block from the store (`StreamedLlama`, issue 19) against the whole model:
+"""Forward passes of the in-repo LLaMA streamed block by block from the store (`StreamedLlama`, issue 19) against the whole model:
 the same activations and logits, the same stored results of the analyses that stream, one block read at a
 time, and the snapshot a streamed pass started from held while the checkpoint is overwritten."""
 
@@ -119,8 +119,8 @@ def test_bad_max_memory(trained_run, command, value):
 
 
 def test_stream_asked_for_an_architecture_it_does_not_cover(tmp_path):
-    """Block-by-block passes are the in-repo LLaMA's: asked for on a GPT-2 run, a one-line refusal; chosen
-    automatically, the whole model."""
+    """Block-by-block passes need a layer layout (the in-repo LLaMA's, or one `capture` knows): asked for on an OPT
+    run, a one-line refusal; chosen automatically, the whole model."""
     import types
 
     import transformers
@@ -128,13 +128,15 @@ def test_stream_asked_for_an_architecture_it_does_not_cover(tmp_path):
     from workbench.analysis.runner import forward_mode
     from workbench.errors import UsageError
 
-    model = transformers.AutoModelForCausalLM.from_config(transformers.GPT2Config(
-        vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    model = transformers.AutoModelForCausalLM.from_config(transformers.OPTConfig(
+        vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+        max_position_embeddings=64, word_embed_proj_dim=32))
     model.save_pretrained(tmp_path / "src" / "step0")
     assert wb("import", "hf", tmp_path / "src", "--out", tmp_path / "run")[0] == 0
     run = workbench.open(tmp_path / "run")
     plan = types.SimpleNamespace(tasks=[(types.SimpleNamespace(name="loss", kind="forward"), 0)])
-    with pytest.raises(UsageError, match="--stream: block-by-block forward passes need a run the in-repo LLaMA"):
+    with pytest.raises(UsageError, match="--stream: no block-by-block forward passes for this run: model_type 'opt' "
+                                         "has no layer layout here"):
         forward_mode(run, plan, True, None)
     assert forward_mode(run, plan, None, 1) is False
 

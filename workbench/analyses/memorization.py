@@ -119,7 +119,7 @@ class Memorization(Analysis):
 
 def greedy(model, prompts: list[tuple[int, ...]], lengths: list[int], batch_size: int) -> list[list[int]]:
     """The greedy continuation of each prompt, `lengths[i]` tokens long (prompts of one length and target
-    length are batched together; a `StreamedLlama` continues every batch at once, each token one pass over its
+    length are batched together; a streamed model continues every batch at once, each token one pass over its
     blocks, to the longest length)."""
     out: list[list[int]] = [[] for _ in prompts]
     groups: dict[tuple[int, int], list[int]] = {}

@@ -174,9 +174,9 @@ COMPUTE_ATTR = "compute"  # a step's Dataset attribute: how its forward passes r
 
 def compute_of(model) -> str:
     """How a model computes, as provenance records it: "bfloat16 on cpu, streamed", "float32 on cuda:0"."""
-    from workbench.models.streamed import StreamedLlama
+    from workbench.models.streamed import Streamed
 
-    if isinstance(model, StreamedLlama):
+    if isinstance(model, Streamed):
         return f"{str(model.dtype).removeprefix('torch.')} on {model.device}, streamed"
     p = next(model.parameters())
     return f"{str(p.dtype).removeprefix('torch.')} on {p.device}"
@@ -243,7 +243,7 @@ class StepContext:
         on CPU, the stored dtype on CUDA, unless `--dtype` says otherwise), eval mode: the in-repo
         LLaMA for the workbench's runs, the transformers model for imported architectures. One per worker.
         An analysis that runs its batches through `forward.stream_batches` / `forward.final_residuals` asks
-        `streamable=True`: it then gets a `StreamedLlama` (blocks read one at a time) when the task streams
+        `streamable=True`: it then gets a streamed model (blocks read one at a time) when the task streams
         (`stream`: forced, or None and the model does not fit the worker's memory limit)."""
         step = self.step if step is None else int(step)
         model = self.state.model(self.run, step, self.device, self.stream if streamable else False, self.dtype)

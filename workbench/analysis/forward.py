@@ -120,7 +120,7 @@ def residuals(model: torch.nn.Module, ids: torch.Tensor, last_only: bool = False
 def stream_batches(model, batches: list, names, fn: Callable[..., None]) -> None:
     """The activations `names` of every batch (a `Batch`, or anything with token `ids` [batch, pos]) to
     `fn(batch, name, x)`: batch by batch through a whole model;
-    through a `StreamedLlama` block by block, every batch through a block before the next block is read (the
+    through a streamed model block by block, every batch through a block before the next block is read (the
     statistics that consume them do not depend on the order)."""
     if is_streamed(model):
         model.run([b.ids for b in batches], names, lambda i, name, x: fn(batches[i], name, x))
@@ -131,7 +131,7 @@ def stream_batches(model, batches: list, names, fn: Callable[..., None]) -> None
 
 def final_residuals(model, batches: list[Batch]) -> Iterator[tuple[Batch, torch.Tensor]]:
     """Each batch with its residual stream after the last block `[token, d_model]` (of a whole model one batch
-    at a time; of a `StreamedLlama` after one pass of all batches through the blocks)."""
+    at a time; of a streamed model after one pass of all batches through the blocks)."""
     if is_streamed(model):
         yield from zip(batches, (x.flatten(0, 1) for x in model.run([b.ids for b in batches])))
         return
@@ -164,9 +164,9 @@ def stream(model: torch.nn.Module, ids: torch.Tensor, names, fn) -> None:
 
 
 def is_streamed(model) -> bool:
-    from workbench.models.streamed import StreamedLlama
+    from workbench.models.streamed import Streamed
 
-    return isinstance(model, StreamedLlama)
+    return isinstance(model, Streamed)
 
 
 def layer_of(name: str) -> int:

@@ -28,7 +28,7 @@ COMMIT_EVERY = 16
 COMMIT_INTERVAL = 10.0
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
-STREAMABLE = frozenset({"activations", "evaluation", "lens", "loss", "memorization", "probes", "similarity"})  # forward analyses that run on a StreamedLlama (issue 19)
+STREAMABLE = frozenset({"activations", "evaluation", "lens", "loss", "memorization", "probes", "similarity"})  # forward analyses that run on a streamed model
 
 
 def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: int | None = None,
@@ -45,7 +45,7 @@ def analyze(run: "Run | str | os.PathLike", names=None, steps=None, *, workers: 
     {name: {parameter: value}}; `eval_data` = a file for forward analyses (default: the run's held-out
     documents). `workers=0` runs here without Dask; `scheduler` uses an existing Dask cluster.
 
-    Forward passes stream the model block by block from the store (`StreamedLlama`) when `stream=True`, or when
+    Forward passes stream the model block by block from the store (`workbench.models.streamed`) when `stream=True`, or when
     `stream` is None and the float32 model exceeds `max_memory` bytes (without it: a Dask worker's memory
     limit); a log line says which mode and why. `dtype` ("float32", "bfloat16" or "float16") is the forward
     passes' compute dtype (default: float32 on CPU, the stored dtype on CUDA); statistics accumulate in float32
@@ -111,7 +111,7 @@ def forward_mode(run: "Run", plan, stream: bool | None, max_memory: int | None) 
     """Whether the forward passes stream the model block by block (None: each Dask worker decides by its memory
     limit); said in a log line when streaming or when `max_memory` decided."""
     from workbench.analysis.state import checkpoint_nbytes
-    from workbench.models.views import llama_unsupported
+    from workbench.models.streamed import streaming_unsupported
     from workbench.store.hf import format_size
 
     if max_memory is not None and max_memory <= 0:
@@ -119,10 +119,9 @@ def forward_mode(run: "Run", plan, stream: bool | None, max_memory: int | None) 
     forward = {a.name for a, _ in plan.tasks if a.kind == "forward"}
     if not forward or stream is False:
         return False
-    if (why_not := llama_unsupported(run.model_config)) is not None:
+    if (why_not := streaming_unsupported(run.model_config)) is not None:
         if stream:
-            raise UsageError(f"--stream: block-by-block forward passes need a run the in-repo LLaMA implements "
-                             f"({why_not})")
+            raise UsageError(f"--stream: no block-by-block forward passes for this run: {why_not}")
         return False
     if stream is None and max_memory is None:
         return None

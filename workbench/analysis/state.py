@@ -65,17 +65,16 @@ class WorkerState:
               dtype: str | None = None) -> "torch.nn.Module":
         """The model of `step` in `dtype` (None: float32 on CPU, the stored dtype on CUDA), eval mode: one at a
         time, as tasks come in step order. With `stream` (None: when the float32 model exceeds this Dask worker's
-        memory limit) a `StreamedLlama`, which holds no block."""
+        memory limit) a streamed model (`workbench.models.streamed`), which holds no block."""
         import torch
 
         from workbench.models.capture import open_model
-        from workbench.models.streamed import StreamedLlama
-        from workbench.models.views import llama_unsupported
+        from workbench.models.streamed import open_streamed, streaming_unsupported
 
         if stream is None:
             limit = worker_memory_limit()
             stream = limit is not None and checkpoint_nbytes(run) > limit
-        stream = stream and llama_unsupported(run.model_config) is None  # other architectures: whole (issue 19)
+        stream = stream and streaming_unsupported(run.model_config) is None
         dtype = getattr(torch, dtype or ("float32" if device == "cpu" else stored_dtype(run)))
         key = (run.location, run.snapshot, step, device, stream, dtype)
         with self.lock:
@@ -83,7 +82,7 @@ class WorkerState:
                 return self.current_model[1]
             self.current_model = None  # free the previous model before loading the next
             checkpoint = run.checkpoint(step)
-            model = StreamedLlama(checkpoint, device, dtype) if stream else open_model(checkpoint, device, dtype)
+            model = open_streamed(checkpoint, device, dtype) if stream else open_model(checkpoint, device, dtype)
             self.current_model = (key, model)
             return model
 

@@ -278,7 +278,7 @@ def _model_of(source):
 
 
 def n_layers(model) -> int:
-    if _is_llama(model) or not _is_model(model):  # the in-repo LLaMA, whole or streamed (`StreamedLlama`)
+    if _is_llama(model) or not _is_model(model):  # the in-repo LLaMA, or a streamed model
         return model.config.num_hidden_layers
     return len(_module(model, _layout(model.config.model_type).layers))
 

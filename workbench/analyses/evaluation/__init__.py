@@ -126,10 +126,10 @@ class Scorer:
         self.eos = hf_tokenizer(run).eos_token_id
         config = run.model_config
         self.context = config.get("max_position_embeddings") or config.get("n_positions") or 2048
-        self.prepared: dict[tuple, np.ndarray] = {}  # scores computed up front for a StreamedLlama
+        self.prepared: dict[tuple, np.ndarray] = {}  # scores computed up front for a streamed model
 
     def prepare(self, tasks: list[Task]) -> None:
-        """With a `StreamedLlama`, score every item of `tasks` up front: the log-probabilities of every choice in
+        """With a streamed model, score every item of `tasks` up front: the log-probabilities of every choice in
         one pass over the blocks (each context + choice a sequence of its own), the greedy generations in one
         pass per generated token for all items at once. A whole model scores item by item."""
         from workbench.analysis import forward
