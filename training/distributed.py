@@ -3,12 +3,14 @@
 Under `torchrun` (RANK and WORLD_SIZE set) the process group starts on gloo (CPU) or NCCL (CUDA). Every rank
 draws the same global batch of a step (the data order is a function of the step, as in one process) and trains
 on its own rows of it, `micro_batch_size` rows at a time; the gradients are averaged across ranks, so a step
-is the one-process step on the same global batch up to float rounding.
+is the one-process step on the same global batch up to float rounding. Under DDP every rank holds the whole
+model; under FSDP2 each its rows of every parameter (`training.sharded`).
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -50,9 +52,9 @@ def join(parallel: str, device: torch.device) -> World:
         return World()
     if parallel == "none":
         raise UsageError(f"started by torchrun as one of {size} processes, but [train] parallel is \"none\"; "
-                         "set --parallel ddp")
-    if parallel == "fsdp":
-        raise UsageError("--parallel fsdp is not built yet (issue 20); use ddp")
+                         "set --parallel ddp or fsdp")
+    if device.type == "cuda":  # one GPU per rank: its "cuda" is the GPU of its local rank
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return World(dist.get_rank(), dist.get_world_size())
@@ -66,6 +68,20 @@ def accumulation(batch_size: int, micro_batch_size: int | None, world: World) ->
         raise UsageError(f"batch_size {batch_size} does not split into micro-batches of {micro_batch_size or micro} "
                          f"rows on {world.size} process(es): it must be a multiple of micro_batch_size × processes")
     return micro, batch_size // (micro * world.size)
+
+
+@contextmanager
+def gradient_sync(module: torch.nn.Module, world: World, last: bool):
+    """A micro-step's backward: the gradients reduced across ranks on the last micro-step of a step only (DDP's
+    `no_sync` before it; FSDP2's `set_requires_gradient_sync`)."""
+    if world.size == 1:
+        yield
+    elif isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        with module.no_sync() if not last else nullcontext():
+            yield
+    else:
+        module.set_requires_gradient_sync(last)
+        yield
 
 
 def leave(world: World) -> None:

@@ -62,7 +62,7 @@ class TrainConfig:
     heldout_fraction: float = 0.05
     device: str = "auto"  # auto | cpu | cuda
     compression: str = "none"  # of the stored tensors: none (fastest writes) | lz4 (~12% smaller)
-    parallel: str = "none"  # under torchrun: ddp (fsdp: issue 20)
+    parallel: str = "none"  # under torchrun: ddp (each rank the whole model) | fsdp (FSDP2: parameters sharded)
     micro_batch_size: int = 0  # rows per rank and micro-step; 0: batch_size / processes (no accumulation)
 
     def __post_init__(self) -> None:

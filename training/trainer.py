@@ -8,8 +8,8 @@ bit: the data order is a function of (data_seed, step) and the checkpoint holds 
 from __future__ import annotations
 
 import math
+import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -18,8 +18,9 @@ import torch
 
 from training.config import ModelConfig
 from training.dataset import Dataset, build_dataset
-from training.distributed import World, accumulation, join, leave
+from training.distributed import World, accumulation, gradient_sync, join, leave
 from training.model import Llama, checkpoint_state, load_checkpoint_state, parameter_roles
+from training.sharded import ShardedWriter, from_full, local, shard
 from training.train_config import TrainConfig, with_overrides
 from training.writer_thread import BackgroundWriter, host_copy
 from workbench.errors import MissingData, UsageError, WorkbenchError
@@ -60,11 +61,12 @@ def optimizer_state(model: Llama, opt: torch.optim.Optimizer) -> dict[str, dict[
     return {name: dict(opt.state[p]) for name, p in model.named_parameters() if p in opt.state}
 
 
-def load_optimizer_state(model: Llama, opt: torch.optim.Optimizer, state: dict[str, dict[str, torch.Tensor]]) -> None:
-    device = next(model.parameters()).device
+def load_optimizer_state(model: Llama, opt: torch.optim.Optimizer, state: dict[str, dict[str, torch.Tensor]],
+                         world: World = World()) -> None:
+    """AdamW state by HF parameter names into `opt`, each moment cut as its parameter is (FSDP: this rank's rows)."""
     for name, p in model.named_parameters():
         if name in state:
-            opt.state[p] = {k: (v.to(device) if k != "step" else v.clone()) for k, v in state[name].items()}
+            opt.state[p] = {k: (from_full(v, p, world) if k != "step" else v.clone()) for k, v in state[name].items()}
 
 
 class Trainer:
@@ -91,7 +93,10 @@ class Trainer:
         if not run.train_config or "max_steps" not in run.train_config:
             raise MissingData(f"{out} has no training config (an imported run?); nothing to resume")
         known = {f.name for f in fields(TrainConfig)}  # the run also states processes and accumulation steps
-        cfg = with_overrides(TrainConfig(**{k: v for k, v in run.train_config.items() if k in known}), **overrides)
+        saved = {k: v for k, v in run.train_config.items() if k in known}
+        if run.train_config.get("processes", 1) != int(os.environ.get("WORLD_SIZE", "1")):
+            saved["micro_batch_size"] = 0  # at another world size the micro-batch follows it (unless given)
+        cfg = with_overrides(TrainConfig(**saved), **overrides)
         stored = ModelConfig.from_hf(run.model_config)
         if model_cfg is not None:
             ours = replace(model_cfg, eos_token_id=stored.eos_token_id, bos_token_id=stored.bos_token_id)
@@ -108,7 +113,7 @@ class Trainer:
         micro, steps = accumulation(self.cfg.batch_size, self.cfg.micro_batch_size, world)
         torch.manual_seed(self.cfg.seed)  # every rank starts from the same weights
         model = Llama(self.model_cfg).to(self.device)
-        opt = make_optimizer(model, self.cfg)
+        fsdp = self.cfg.parallel == "fsdp" and world.size > 1
         if self.resume:
             run = store.Run(self.out)
             if not run.steps:
@@ -116,7 +121,9 @@ class Trainer:
             start = run.steps[-1]
             ckpt = run.checkpoint(start)
             load_checkpoint_state(model, {k: v.to(self.device) for k, v in ckpt.state_dict().items()})
-            load_optimizer_state(model, opt, ckpt.optimizer_state() or {})
+            model = shard(model) if fsdp else model
+            opt = make_optimizer(model, self.cfg)
+            load_optimizer_state(model, opt, ckpt.optimizer_state() or {}, world)
             data = build_dataset(self.cfg, self.model_cfg.vocab_size, tokenizer=run.tokenizer)
             tokens_seen = int(run.metrics()["tokens"].iloc[-1]) if start > 0 else 0
             writer = store.RunWriter(self.out) if world.main else None
@@ -134,6 +141,12 @@ class Trainer:
                 # The corpus and step 0 in one commit: a run either has both or no checkpoint at all.
                 writer.write_checkpoint(0, host_copy(checkpoint_state(model)), tables=data.tables())
             start, tokens_seen = 0, 0
+            model = shard(model) if fsdp else model
+            opt = make_optimizer(model, self.cfg)
+        if fsdp:  # every rank writes its part of each checkpoint
+            state = checkpoint_state(model)
+            writer = ShardedWriter(writer, world, {n: t.shape for n, t in state.items()},
+                                   {n: t.dtype for n, t in state.items()})
         self._loop(model, opt, data, writer, start, tokens_seen, world, micro, steps)
         leave(world)
         return self.out
@@ -145,7 +158,7 @@ class Trainer:
         cfg, device = self.cfg, self.device
         keep = set(cfg.checkpoint_steps())
         background = BackgroundWriter(writer) if writer is not None else None
-        ddp = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 and cfg.parallel == "ddp" else model
         metrics: list[dict] = []
         order: list[dict] = []
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -161,12 +174,12 @@ class Trainer:
                 loss = torch.zeros((), device=device)
                 for i in range(accumulate):  # gradients synchronised across ranks on the last micro-step only
                     part = rows[i * micro: (i + 1) * micro]
-                    with ddp.no_sync() if world.size > 1 and i < accumulate - 1 else nullcontext():
+                    with gradient_sync(ddp, world, last=i == accumulate - 1):
                         with autocast:
                             part_loss = ddp(part[:, :-1], part[:, 1:])
                         (part_loss / accumulate).backward()  # / 1 is exact: one process stays bit-exact
                     loss += part_loss.detach() / accumulate
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                grad_norm = local(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 loss_value = world.mean(loss).item()
@@ -188,8 +201,9 @@ class Trainer:
                 if step in keep:
                     if background is not None:
                         tables = {"metrics": _columns(metrics), "data/order": _columns(order)}
-                        background.submit(step, host_copy(checkpoint_state(model)),
-                                          {k: host_copy(v) for k, v in optimizer_state(model, opt).items()}, tables)
+                        background.submit(step, host_copy({k: local(v) for k, v in checkpoint_state(model).items()}),
+                                          {k: host_copy({s: local(t) for s, t in v.items()})
+                                           for k, v in optimizer_state(model, opt).items()}, tables)
                     metrics, order = [], []
         finally:
             bar.close()

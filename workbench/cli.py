@@ -208,47 +208,66 @@ def train(
     corpus: Annotated[Optional[str], typer.Option(help="'synthetic' or a folder/.jsonl/.parquet of local text")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run's last checkpoint")] = False,
     compression: Compression = None,
-    parallel: Annotated[Optional[str], typer.Option(help="none, or ddp under torchrun")] = None,
+    parallel: Annotated[Optional[str], typer.Option(help="none, or under torchrun ddp (whole model per process) or fsdp (sharded)")] = None,
     micro_batch_size: Annotated[Optional[int], typer.Option("--micro-batch-size", help="rows per process and micro-step (default: batch_size / processes)")] = None,
-    nproc: Annotated[Optional[int], typer.Option("--nproc", help="processes on this machine: runs this command under torchrun (--parallel ddp)")] = None,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="processes on this machine: runs this command under torchrun (default --parallel ddp)")] = None,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", help="with --nproc: times torchrun restarts the processes after one fails; a restart continues from the run's last checkpoint")] = 0,
 ):
     """Train a LLaMA and record every checkpoint, the data order and the metrics in a run."""
     from training.presets import load
     from training.trainer import Trainer
 
     if nproc is not None:
-        raise typer.Exit(_torchrun(nproc, parallel))
-    if resume:
+        raise typer.Exit(_torchrun(nproc, max_restarts, parallel is None and not resume))
+    if resume or _restarted(out):
         model_cfg = load(config, preset)[0] if (preset or config) else None
-        trainer = Trainer.resuming(out, model_cfg, progress=sys.stderr.isatty(), max_steps=max_steps, device=device)
+        trainer = Trainer.resuming(out, model_cfg, progress=sys.stderr.isatty(), max_steps=max_steps, device=device,
+                                   parallel=parallel, micro_batch_size=micro_batch_size)
     else:
         model_cfg, train_cfg = load(config, preset, max_steps=max_steps, every=every, device=device, corpus=corpus,
                                     early=False if no_early else None, compression=compression, parallel=parallel,
                                     micro_batch_size=micro_batch_size)
         trainer = Trainer(model_cfg, train_cfg, out, progress=sys.stderr.isatty())
     trainer.train()
-    typer.echo(f"trained {out} to step {trainer.cfg.max_steps}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for all ranks
+        typer.echo(f"trained {out} to step {trainer.cfg.max_steps}")
 
 
-def _torchrun(nproc: int, parallel: str | None) -> int:
+def _torchrun(nproc: int, max_restarts: int, ddp: bool) -> int:
     """This `wb train` command again, under torchrun with `nproc` processes on this machine (`--standalone`:
-    rendezvous on a free local port); torchrun's exit code."""
+    rendezvous on a free local port), restarted up to `max_restarts` times; `ddp`: with `--parallel ddp`.
+    Returns torchrun's exit code."""
     import subprocess
 
     from workbench.errors import UsageError
 
     if nproc < 1:
         raise UsageError(f"--nproc must be a positive integer, got {nproc}")
+    if max_restarts < 0:
+        raise UsageError(f"--max-restarts must be 0 or more, got {max_restarts}")
     argv, args = [], iter(sys.argv[1:])
     for a in args:
-        if a == "--nproc":
+        if a in ("--nproc", "--max-restarts"):
             next(args, None)
-        elif not a.startswith("--nproc="):
+        elif not a.startswith(("--nproc=", "--max-restarts=")):
             argv.append(a)
-    argv += [] if parallel else ["--parallel", "ddp"]
+    argv += ["--parallel", "ddp"] if ddp else []
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # restarted ranks rejoin reliably
     return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                            str(nproc), sys.argv[0], *argv], env=env)
+                            str(nproc), "--max-restarts", str(max_restarts), sys.argv[0], *argv], env=env)
+
+
+def _restarted(out: str) -> bool:
+    """Whether torchrun restarted this command after a failure, and the run has a checkpoint to continue from."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return False
+    import workbench
+    from workbench.errors import WorkbenchError
+
+    try:
+        return bool(workbench.open(out).steps)
+    except WorkbenchError:
+        return False
 
 
 @data_app.command("find")

@@ -75,11 +75,11 @@ def test_writers_racing_on_one_run(s3):
     with pytest.raises(ConcurrentWrite, match="another process changed the same arrays"):
         with first.transaction("checkpoint 20 by a second writer") as session:
             from workbench.store.layout import Layout
-            from workbench.store.writer import _stage
+            from workbench.store.writer import _stage_tensors
 
             from zarr.core.sync import sync
 
-            sync(_stage(session.store, 20, models[20].state_dict(), None, False, {}, Layout(), None))
+            sync(_stage_tensors(session.store, 20, models[20].state_dict(), None, False, Layout(), None))
             second.write_checkpoint(30, models[30].state_dict())
     run = workbench.open(location)
     assert run.steps == [0, 10, 30]

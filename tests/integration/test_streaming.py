@@ -28,18 +28,21 @@ def _batches():
     return [torch.randint(0, 200, (3, 17), generator=g), torch.randint(0, 200, (2, 9), generator=g)]
 
 
-def test_streamed_pass_equals_the_whole_model(_trained):
-    ckpt = workbench.open(_trained).checkpoint(30)
-    whole = ckpt.model()
-    streamed = StreamedLlama(ckpt)
+def assert_streamed_equals_whole(streamed, whole, batches: list[torch.Tensor], names: list[str]) -> None:
+    """Every activation `names` of every batch, and the logits, of a streamed pass equal the whole model's."""
     seen: dict[tuple[int, str], torch.Tensor] = {}
-    finals = streamed.run(_batches(), NAMES, lambda i, name, x: seen.__setitem__((i, name), x.clone()))
-    for i, ids in enumerate(_batches()):
-        logits, acts = capture(whole, ids, NAMES)
+    finals = streamed.run(batches, names, lambda i, name, x: seen.__setitem__((i, name), x.clone()))
+    for i, ids in enumerate(batches):
+        logits, acts = capture(whole, ids, names)
         assert {n for j, n in seen if j == i} == set(acts)
         for name, x in acts.items():
             torch.testing.assert_close(seen[(i, name)], x, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(streamed.unembed(finals[i]), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_streamed_pass_equals_the_whole_model(_trained):
+    ckpt = workbench.open(_trained).checkpoint(30)
+    assert_streamed_equals_whole(StreamedLlama(ckpt), ckpt.model(), _batches(), NAMES)
 
 
 def test_streamed_greedy_generation_equals_the_whole_model(_trained):

@@ -8,27 +8,24 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import xarray as xr
 
 import workbench
-from tests.conftest import wb
-from tests.integration.test_views_imported import ARCHS, VOCAB, write_trajectory
+from tests.integration.test_streaming import assert_streamed_equals_whole
+from tests.integration.test_views_imported import ARCHS, VOCAB, import_trajectory
 from workbench.analysis import analyze
 from workbench.analysis.provenance import without
-from workbench.models.capture import available_hooks, capture, generate, open_model
+from workbench.models.capture import available_hooks, generate, open_model
 from workbench.models.streamed import StreamedHF, open_streamed
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))
-def imported(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(request.param)
-    src = write_trajectory(root / "src", ARCHS[request.param]())
-    code, out = wb("import", "hf", src, "--out", root / "run")
-    assert code == 0, out
-    return root / "run"
+def imported(request, tmp_path_factory) -> Path:
+    return import_trajectory(tmp_path_factory.mktemp(request.param), request.param)[1]
 
 
 def _batches():
@@ -38,17 +35,9 @@ def _batches():
 
 def test_streamed_pass_equals_the_whole_model(imported):
     ckpt = workbench.open(imported).checkpoint(2000)
-    streamed, whole = open_streamed(ckpt), open_model(ckpt)
+    streamed = open_streamed(ckpt)
     assert isinstance(streamed, StreamedHF)
-    names = available_hooks(ckpt)  # every hook the architecture has
-    seen: dict[tuple[int, str], torch.Tensor] = {}
-    finals = streamed.run(_batches(), names, lambda i, name, x: seen.__setitem__((i, name), x.clone()))
-    for i, ids in enumerate(_batches()):
-        logits, acts = capture(whole, ids, names)
-        assert {n for j, n in seen if j == i} == set(acts)
-        for name, x in acts.items():
-            torch.testing.assert_close(seen[(i, name)], x, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(streamed.unembed(finals[i]), logits, rtol=1e-5, atol=1e-5)
+    assert_streamed_equals_whole(streamed, open_model(ckpt), _batches(), available_hooks(ckpt))  # every hook
 
 
 def test_streamed_greedy_generation_equals_the_whole_model(imported):

@@ -178,15 +178,15 @@ def test_full_disk_during_a_checkpoint_leaves_no_partial_step(small, tmp_path, m
     _, model_cfg, cfg = small
     from workbench.store import tensors
 
-    write = tensors.TensorGroup.write
+    fill = tensors.TensorGroup.fill
 
-    async def failing(self, step, *args, **kwargs):
-        if step == 15:
-            await write(self, step, *args, **kwargs)  # chunks staged, then the disk fills before the commit
+    async def failing(self, idx, *args, **kwargs):
+        if self.steps[idx] == 15:
+            await fill(self, idx, *args, **kwargs)  # chunks staged, then the disk fills before the commit
             raise OSError(28, "No space left on device")
-        return await write(self, step, *args, **kwargs)
+        return await fill(self, idx, *args, **kwargs)
 
-    monkeypatch.setattr(tensors.TensorGroup, "write", failing)
+    monkeypatch.setattr(tensors.TensorGroup, "fill", failing)
     with pytest.raises(OSError, match="No space left"):
         Trainer(model_cfg, cfg, tmp_path / "r", progress=False).train()
     run = workbench.open(tmp_path / "r")

@@ -64,13 +64,18 @@ def write_trajectory(root: Path, config) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=list(ARCHS))
-def imported(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(request.param)
-    src = write_trajectory(root / "src", ARCHS[request.param]())
+def import_trajectory(root: Path, arch: str) -> tuple[Path, Path]:
+    """A trajectory of `arch` written under `root/src` and imported by `wb import hf` into `root/run`."""
+    src = write_trajectory(root / "src", ARCHS[arch]())
     code, out = wb("import", "hf", src, "--out", root / "run")
     assert code == 0, out
-    return request.param, src, workbench.open(root / "run")
+    return src, root / "run"
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def imported(request, tmp_path_factory):
+    src, run = import_trajectory(tmp_path_factory.mktemp(request.param), request.param)
+    return request.param, src, workbench.open(run)
 
 
 @pytest.fixture(scope="module")

@@ -181,12 +181,14 @@ class TensorGroup:
     async def arrays(self) -> dict[str, object]:
         return {name: arr async for name, arr in self.group.arrays() if name != STEP}
 
-    async def write(self, step: int, tensors: dict[str, Tensor], overwrite: bool = False,
-                    layout: Layout = Layout(), cuts: dict[str, tuple[int, int]] | None = None) -> dict[str, int]:
-        """Stage `tensors` (tensors, or `LazyTensor`s read as they are written) as `step` (the caller commits);
-        returns the crc32c of each tensor's bytes by name. Arrays new to the group are created in `layout`, cut
-        into inner chunks by `cuts` (template -> axis and width, from the run's parameter roles); existing arrays
-        keep theirs."""
+    async def prepare(self, step: int, tensors: dict[str, Tensor], overwrite: bool = False, layout: Layout = Layout(),
+                      cuts: dict[str, tuple[int, int]] | None = None, grow: bool = True) -> int:
+        """Stage `step` (the caller commits): the arrays of `tensors` (only their shapes and dtypes count: meta
+        tensors will do) created or resized, the step on the step axis; returns its index, for `fill`. Arrays new
+        to the group are created in `layout`, cut into inner chunks by `cuts` (template -> axis and width, from the
+        run's parameter roles); existing arrays keep theirs. `grow=False` only creates the missing arrays (as long
+        as the step axis): forks of one Icechunk session must not create arrays, but may each `prepare` the same
+        step and `fill` their own tensors, merged before the commit."""
         specs, items = specs_of(tensors)
         existing = await self.arrays()
         if existing:
@@ -198,8 +200,7 @@ class TensorGroup:
             idx = self.steps.index(step)
         else:
             idx = len(self.steps)
-        n = max(idx + 1, len(self.steps))
-        arrays = {}
+        n = max(idx + 1, len(self.steps)) if grow else len(self.steps)
         for name, spec in specs.items():
             arr = existing.get(name)
             stacked = (spec.layers,) if spec.layers is not None else ()
@@ -212,27 +213,34 @@ class TensorGroup:
                     **array_codecs(stored, layout, spec.shape, 1 + len(stacked), (cuts or {}).get(spec.template)))
             elif arr.shape[0] != n:
                 await arr.resize((n, *arr.shape[1:]))
-            arrays[name] = arr
-        crcs: dict[str, int] = {}
-        budget = _Budget(WRITE_BUDGET)
-
-        async def put(name: str, layer: int | None, t: Tensor) -> None:
-            async with budget.take(t.nbytes):
-                full = specs[name].template.format(layer=layer) if layer is not None else specs[name].template
-                index = (idx,) if layer is None else (idx, layer)
-                crcs[full] = await self._write_tensor(arrays[name], index, partial(_numpy_of, t))
-
-        # Layer by layer (unstacked tensors first), as checkpoint files are laid out and as an importer that
-        # splits one source tensor into several (fused QKV) reads best.
-        order = sorted(((layer, name, t) for name, entries in items.items() for layer, t in entries),
-                       key=lambda e: -1 if e[0] is None else e[0])
-        await asyncio.gather(*(put(name, layer, t) for layer, name, t in order))
+        if not grow:
+            return idx
         coord = await self.group.getitem(STEP)
         if coord.shape[0] != n:
             await coord.resize((n,))
         await coord.setitem(idx, step)
         if idx == len(self.steps):
             self.steps.append(step)
+        return idx
+
+    async def fill(self, idx: int, tensors: dict[str, Tensor]) -> dict[str, int]:
+        """Store the tensors (any of a step's: tensors, or `LazyTensor`s read as they are written; those on the
+        meta device skipped) at index `idx` of their `prepare`d arrays; returns the crc32c of each stored tensor's
+        bytes by name."""
+        arrays = await self.arrays()
+        crcs: dict[str, int] = {}
+        budget = _Budget(WRITE_BUDGET)
+
+        async def put(name: str, key, t: Tensor) -> None:
+            async with budget.take(t.nbytes):
+                index = (idx,) if key.layer is None else (idx, key.layer)
+                crcs[name] = await self._write_tensor(arrays[key.array], index, partial(_numpy_of, t))
+
+        # Layer by layer (unstacked tensors first), as checkpoint files are laid out and as an importer that
+        # splits one source tensor into several (fused QKV) reads best.
+        keys = {name: parse_name(name) for name, t in tensors.items() if not (isinstance(t, torch.Tensor) and t.is_meta)}
+        order = sorted(keys, key=lambda name: -1 if keys[name].layer is None else keys[name].layer)
+        await asyncio.gather(*(put(name, keys[name], tensors[name]) for name in order))
         return crcs
 
     async def _write_tensor(self, arr, index: tuple[int, ...], tensor: Callable[[], Awaitable[np.ndarray]]) -> int:

@@ -104,9 +104,49 @@ class RunWriter:
             self.validate({k: tuple(v.shape) for k, v in state_dict.items()}, config, True)
             self.validate = None  # the run's layout is fixed by then: later steps are checked against it
         layout = Layout.from_attrs(attrs.get("workbench", {}).get("layout"))
-        sync(_stage(session.store, step, state_dict, optimizer_state, overwrite, tables or {}, layout,
-                    role_cuts(attrs.get("parameter_roles"))))
+
+        async def stage():
+            crcs = await _stage_tensors(session.store, step, state_dict, optimizer_state, overwrite, layout,
+                                        role_cuts(attrs.get("parameter_roles")))
+            await _stage_log(session.store, step, state_dict, crcs, tables or {})
+
+        sync(stage())
         snapshot = self._commit(session, f"checkpoint step {step}", {"step": step})
+        self._tag(step, snapshot)
+        return snapshot
+
+    def fork_checkpoint(self, step: int, state_dict: dict[str, Tensor], optimizer_state: OptimizerState | None,
+                        writers: int, overwrite: bool = False) -> tuple[icechunk.Session, list]:
+        """A checkpoint written by several processes, each storing the tensors it holds (Icechunk's distributed
+        writes): a session and `writers` forks of it, one for each process's `write_part`; `commit_forks` merges
+        them into one commit. `state_dict` and `optimizer_state` give every tensor's name, shape and dtype (meta
+        tensors will do). Arrays a fork would have to create (forks may only resize) are created first in a
+        commit of their own, with no step on their step axis: what readers see does not change."""
+        session = self.repo.writable_session("main")
+        layout, cuts = _layout_of(session.store)
+        sync(_stage_tensors(session.store, step, state_dict, optimizer_state, overwrite, layout, cuts, grow=False))
+        if session.has_uncommitted_changes:
+            self._commit(session, f"arrays for checkpoint step {step}", {})
+            session = self.repo.writable_session("main")
+        return session, [session.fork() for _ in range(writers)]
+
+    @staticmethod
+    def write_part(fork, step: int, state_dict: dict[str, Tensor], optimizer_state: OptimizerState | None,
+                   overwrite: bool = False) -> dict[str, int]:
+        """One process's part of a checkpoint into its fork (see `fork_checkpoint`): every tensor's array sized
+        for `step`, the tensors not on the meta device stored; returns their crc32c by name (for the commit)."""
+        layout, cuts = _layout_of(fork.store)
+        return sync(_stage_tensors(fork.store, step, state_dict, optimizer_state, overwrite, layout, cuts))
+
+    def commit_forks(self, session: icechunk.Session, forks: list, step: int, state_dict: dict[str, Tensor],
+                     crcs: list[dict[str, int]], tables: Tables | None = None) -> str:
+        """Merge the forks the processes wrote and commit the checkpoint as one commit (its log row and `tables`
+        with it); `crcs` are the `write_part` results, one per fork. Returns the snapshot id."""
+        session.merge(*forks)
+        merged = {name: crc for part in crcs for name, crc in part.items()}
+        sync(_stage_log(session.store, step, state_dict, merged, tables or {}))
+        snapshot = self._commit(session, f"checkpoint step {step}",
+                                {"step": step, "tensors_by_writer": [len(part) for part in crcs]})
         self._tag(step, snapshot)
         return snapshot
 
@@ -164,23 +204,38 @@ class RunWriter:
         self.repo.create_tag(name, snapshot)
 
 
-async def _stage(store, step: int, state_dict, optimizer_state: OptimizerState | None, overwrite: bool,
-                 tables: Tables, layout: Layout, cuts: dict[str, tuple[int, int]]) -> None:
-    """The checkpoint's tensors, then its row of the checkpoint log, then `tables`, into one session."""
-    params = await TensorGroup.open(store, PARAMS, create=True)
-    crcs = await params.write(step, state_dict, overwrite, layout, cuts)
+async def _stage_tensors(store, step: int, state_dict, optimizer_state: OptimizerState | None, overwrite: bool,
+                         layout: Layout, cuts: dict[str, tuple[int, int]], grow: bool = True) -> dict[str, int]:
+    """A checkpoint's parameters and optimizer state into a session (`grow=False`: only the missing arrays
+    created); returns the parameters' crc32c by name."""
+    async def write(path: str, tensors: dict[str, Tensor]) -> dict[str, int]:
+        group = await TensorGroup.open(store, path, create=True)
+        idx = await group.prepare(step, tensors, overwrite, layout, cuts, grow)
+        return await group.fill(idx, tensors) if grow else {}
+
+    crcs = await write(PARAMS, state_dict)
+    for slot, tensors in _slots(optimizer_state or {}).items():
+        await write(f"{OPTIMIZER}/{slot}", tensors)
+    return crcs
+
+
+async def _stage_log(store, step: int, state_dict: dict[str, Tensor], crcs: dict[str, int], tables: Tables) -> None:
+    """A checkpoint's row of the checkpoint log, then `tables`, into a session."""
     tables = {**tables, CHECKPOINTS: {"step": [step], "content": [content_digest(state_dict, crcs)],
                                       "written": [datetime.now(timezone.utc).isoformat(timespec="seconds")]}}
-    for slot, tensors in _slots(optimizer_state or {}).items():
-        group = await TensorGroup.open(store, f"{OPTIMIZER}/{slot}", create=True)
-        await group.write(step, tensors, overwrite, layout, cuts)
     for path, rows in tables.items():
         await append_rows(store, path, rows)
 
 
+def _layout_of(store) -> tuple[Layout, dict[str, tuple[int, int]]]:
+    """A run's layout and parameter-role cuts, from its root attributes in a session's store."""
+    attrs = zarr.open_group(store, mode="r", **V3).attrs.asdict()
+    return Layout.from_attrs(attrs.get("workbench", {}).get("layout")), role_cuts(attrs.get("parameter_roles"))
+
+
 def content_digest(state_dict: dict[str, Tensor], crcs: dict[str, int]) -> str:
     """The identity of a checkpoint's parameters: a digest of every tensor's name, dtype, shape and the crc32c
-    of its bytes (`crcs`, by name, as `TensorGroup.write` returns them). Results record it, so a checkpoint
+    of its bytes (`crcs`, by name, as `TensorGroup.fill` returns them). Results record it, so a checkpoint
     overwritten with other values makes them stale."""
     h = hashlib.blake2b(digest_size=12)
     for name in sorted(state_dict):
