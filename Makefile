@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# The browser of the dashboard tests: Debian's chromium, driven by Playwright (no browser download, ever).
+# The browser of the dashboard tests: Debian's chromium, driven by Playwright (no browser download, ever), and
+# the fonts of Japanese text (the dashboard fetches no font).
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	@dpkg -s fonts-noto-cjk >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q fonts-noto-cjk)
 
 # Kernel tests run in their own process: TRITON_INTERPRET=1 must be set before triton is first imported.
 test: $(STAMP) chromium

@@ -462,6 +462,10 @@ def dashboard(
            "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "minimal", "--logger.level", "error", "--", *runs]
     typer.echo(f"dashboard of {', '.join(runs)} at http://{host}:{port} (Ctrl-C stops it)")
+    # SIGTERM (`kill`, a service manager) and SIGHUP (its terminal closed) stop the server as Ctrl-C does: else
+    # Streamlit outlives this process, holding the port.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     try:
         proc.wait()

@@ -14,25 +14,26 @@ from apps.dashboard import state
 
 HERE = Path(__file__).parent
 # The page files live in views/, not pages/: Streamlit would also serve a pages/ folder as pages of their own.
-PAGES = [  # (file, title, icon)
-    ("overview.py", "Overview", ":material/dashboard:"),
-    ("weights.py", "Weights", ":material/grid_on:"),
-    ("activations.py", "Activations", ":material/bolt:"),
-    ("lens.py", "Lens", ":material/visibility:"),
-    ("similarity.py", "Similarity", ":material/compare_arrows:"),
-    ("memorization.py", "Memorisation", ":material/psychology:"),
-    ("probes.py", "Probes", ":material/science:"),
-    ("evaluation.py", "Evaluation", ":material/quiz:"),
-    ("tokens.py", "Tokens", ":material/text_fields:"),
-    ("data.py", "Data", ":material/dataset:"),
-    ("compare.py", "Compare", ":material/difference:"),
-    ("other.py", "Other analyses", ":material/extension:"),
+# No icons: Streamlit fetches its Material icons from Google's font host, and nothing may leave the machine.
+PAGES = [  # (file, title)
+    ("overview.py", "Overview"),
+    ("weights.py", "Weights"),
+    ("activations.py", "Activations"),
+    ("lens.py", "Lens"),
+    ("similarity.py", "Similarity"),
+    ("memorization.py", "Memorisation"),
+    ("probes.py", "Probes"),
+    ("evaluation.py", "Evaluation"),
+    ("tokens.py", "Tokens"),
+    ("data.py", "Data"),
+    ("compare.py", "Compare"),
+    ("other.py", "Other analyses"),
 ]
 
 
 def main() -> None:
-    st.set_page_config(page_title="Trajectory Workbench", page_icon=":material/timeline:", layout="wide")
-    pages = [st.Page(HERE / "views" / f, title=t, icon=i, default=n == 0) for n, (f, t, i) in enumerate(PAGES)]
+    st.set_page_config(page_title="Trajectory Workbench", layout="wide")
+    pages = [st.Page(HERE / "views" / f, title=t, default=n == 0) for n, (f, t) in enumerate(PAGES)]
     page = st.navigation(pages)
     _follow_page_parameter(pages, page)
     chosen = _sidebar()

@@ -86,6 +86,18 @@ def metrics(run: "Run") -> "pd.DataFrame | None":
     return _metrics(run.location, run.snapshot)
 
 
+@st.cache_data(max_entries=64, show_spinner="comparing the weights…")
+def _weight_distances(location: str, snapshot_id: str, a: int, b: int) -> "pd.DataFrame":
+    from workbench.figures import weight_distances
+
+    return weight_distances(run_at(location, snapshot_id), a, b)
+
+
+def weight_distances(run: "Run", a: int, b: int) -> "pd.DataFrame":
+    """`workbench.figures.weight_distances`, computed once per (run, snapshot, A, B): not on every rerun."""
+    return _weight_distances(run.location, run.snapshot, a, b)
+
+
 def steps_of(run: "Run") -> list[int]:
     """Every step the run has a checkpoint or a result for, sorted."""
     steps = set(run.steps)
@@ -99,9 +111,9 @@ def selection() -> Selection:
     return st.session_state["selection"]
 
 
-def choose(label: str, options: list, key: str, default=None, where=st):
-    """A select box bound to the query parameter `key`; an unknown value in the URL is named in a notice and
-    replaced by the default."""
+def choose(label: str, options: list, key: str, default=None, where=st, format_func=str):
+    """A select box bound to the query parameter `key` (options shown by `format_func`); an unknown value in the
+    URL is named in a notice and replaced by the default."""
     if not options:
         return None
     default = options[0] if default is None else default
@@ -111,7 +123,7 @@ def choose(label: str, options: list, key: str, default=None, where=st):
     if key in st.session_state and st.session_state[key] not in options:  # left from another run or parameter
         del st.session_state[key]
     index = 0 if key in st.session_state else options.index(default)  # a value set in the session state wins
-    return where.selectbox(label, options, index=index, key=key, bind="query-params")
+    return where.selectbox(label, options, index=index, key=key, bind="query-params", format_func=format_func)
 
 
 def pick(key: str, value) -> None:

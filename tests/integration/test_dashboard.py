@@ -5,7 +5,9 @@ notices; an imported run shows what it has."""
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 import workbench
 import workbench.figures as wf
+from workbench.models.views import hf_tokenizer
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "dashboard" / "app.py"
 PAGES = ["overview", "weights", "activations", "lens", "similarity", "memorization", "probes", "evaluation", "tokens",
@@ -114,16 +117,19 @@ def test_memorisation_and_compare_pages(analysed_run, monkeypatch):
                                mem["token_match"].sel(step=30).values[mem["kind"].values == "sample"], rtol=1e-12)
     assert (shown["kind"] == "sample").all()
     at = app(monkeypatch, analysed_run, view="compare", step=30, step_b=5, analysis="lens")
+    assert at.title[0].value == "Compare step A = 30 with step B = 5"  # A and B as the sidebar and Tokens name them
     table = at.dataframe[0].value.set_index(["row", "variable"])
     lens = run.results("lens")
     row = table.loc[("0", "kl")]
-    assert row["A"] == pytest.approx(float(lens["kl"].sel(step=5, layer=0)), rel=1e-12)
-    assert row["B − A"] == pytest.approx(float(lens["kl"].sel(step=30, layer=0) - lens["kl"].sel(step=5, layer=0)), rel=1e-9)
+    assert row["A"] == pytest.approx(float(lens["kl"].sel(step=30, layer=0)), rel=1e-12)
+    assert row["B − A"] == pytest.approx(float(lens["kl"].sel(step=5, layer=0) - lens["kl"].sel(step=30, layer=0)), rel=1e-9)
 
 
 def test_tokens_and_data_pages(analysed_run, monkeypatch):
     at = app(monkeypatch, analysed_run, view="tokens", step=30, step_b=0)
     assert len(at.get("html")) == 3 and "mean loss" in texts(at)
+    shown = [m.value for m in at.markdown if m.value.startswith("**step ")]
+    assert shown[0].startswith("**step A = 30**") and shown[1].startswith("**step B = 0**")
     run = workbench.open(analysed_run)
     doc = run.find_documents("capital of")[0]["document_id"]
     at = app(monkeypatch, analysed_run, view="data", q="capital of", doc=doc, step=10)
@@ -133,6 +139,75 @@ def test_tokens_and_data_pages(analysed_run, monkeypatch):
     assert hits.set_index("document").loc[doc, "times seen"] == len(seen)
     batch = at.dataframe[1].value
     assert sorted(batch["document"]) == sorted(p["document_id"] for p in run.batch(10))
+    at = app(monkeypatch, analysed_run, view="data", q="capital of")  # a search, no document open yet
+    other = at.dataframe[0].value["document"].tolist()[-1]
+    at.selectbox(key="doc").select(other).run()  # a hit chosen opens below (its id bound to the URL's doc=)
+    assert any(f"Document {other} " in h.value for h in at.subheader)
+    assert run.documents().set_index("document_id").loc[other, "text"] in [t.value for t in at.text]
+
+
+def shown_text(markup: str) -> str:
+    """The text a browser shows of `markup`: tags dropped, character references read."""
+    return html.unescape(re.sub(r"<[^>]*>", "", markup))
+
+
+def test_japanese_text_on_the_tokens_page_shows_whole_characters(analysed_run, monkeypatch):
+    """The run's byte-level tokens split Japanese characters; choosing a Japanese document shows its text whole,
+    never a U+FFFD, at steps A and B and in the learnt view."""
+    run = workbench.open(analysed_run)
+    ds = run.results("loss")
+    at = app(monkeypatch, analysed_run, view="tokens", step=30, step_b=0)
+    at.selectbox(key="domain").select("ja").run()
+    at.selectbox(key="doc_index").select(1).run()  # document 0 starts at the stream's first target, mid-character
+    assert not at.exception
+    doc = wf.eval_documents(ds, hf_tokenizer(run).eos_token_id).set_index(["domain", "document"]).loc[("ja", 1)]
+    ids = [int(i) for i in ds["target"].values[doc["first"]: doc["first"] + doc["length"]]]
+    assert sum("\ufffd" in run.tokenizer.decode([i]) for i in ids) > 10  # characters split across tokens
+    want = run.tokenizer.decode(ids)
+    assert "\ufffd" not in want
+    shown = [shown_text(h.value) for h in at.get("html")]
+    assert shown == [want] * 3
+
+
+def test_compare_shows_a_character_the_prompt_cuts_whole_in_the_target(analysed_run, monkeypatch):
+    from workbench.analyses.memorization import Memorization, sequences
+
+    run = workbench.open(analysed_run)
+    seqs = sequences(run, Memorization.Params(**run.results("memorization").attrs["analysis"]["params"]))
+    decode = run.tokenizer.decode
+    assert any(decode(list(s.prompt)).endswith("\ufffd") for s in seqs)  # prompts cut inside a character
+    at = app(monkeypatch, analysed_run, view="compare", step=30, step_b=5)
+    shown = at.dataframe[-1].value["target"].tolist()
+    assert len(shown) == len(seqs)
+    for s, target in zip(seqs, shown):  # (a target may end inside a character too: that stays a U+FFFD)
+        whole = decode([*s.prompt, *s.target]).rstrip("\ufffd")
+        assert whole == decode(list(s.prompt)).rstrip("\ufffd") + target.rstrip("\ufffd")
+
+
+def test_a_character_split_across_tokens_is_one_span_with_its_tokens_values():
+    """A tiny byte-level BPE splits kanji across tokens: the loss view shows every character whole, each span
+    shaded by the sum of its tokens' losses, its hover naming the tokens and each one's loss."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    text = "東京は日本の首都です。富士山は日本一高い山です。"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([text] * 3, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                            show_progress=False))
+    ids = tok.encode(text).ids
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # characters split across tokens
+    loss = np.arange(len(ids), dtype=float) / 10
+    ds = xr.Dataset({"token_loss": (("step", "token"), loss[None])}, coords={"step": [10], "target": ("token", ids)})
+    markup = wf.document_loss_html(tok, ds, 0, len(ids), 10, vmax=1000)
+    assert shown_text(markup) == text and "\ufffd" not in markup
+    spans = re.findall(r'<span style="background:rgba\(220,40,40,([0-9.]+)\)" title="([^"]*)">([^<]*)</span>', markup)
+    assert "".join(t for _, _, t in spans) == text
+    alpha, title, _ = next(s for s in spans if "tokens" in s[1])
+    first, last = map(int, re.search(r"tokens (\d+)–(\d+)", title).groups())
+    total = loss[first: last + 1].sum()
+    assert title.startswith(f"{total:.2f} nats; tokens {first}–{last} (ids {', '.join(map(str, ids[first: last + 1]))})")
+    assert float(alpha) == pytest.approx(total / 1000, abs=0.005)
 
 
 def test_unknown_values_in_the_url_are_notices(analysed_run, monkeypatch):
@@ -164,6 +239,9 @@ def test_several_runs_overlay_their_curves(analysed_run, tmp_path, monkeypatch):
     at = app(monkeypatch, analysed_run, other, run=[str(analysed_run), str(other)])
     names = {t["name"] for t in titled(at, "training loss")["data"]}
     assert names == {str(analysed_run), str(other)}
+    table = at.dataframe[0].value  # the runs table comes first
+    assert table["location"].tolist() == [str(analysed_run), str(other)]
+    assert table["last step"].tolist() == [workbench.open(analysed_run).steps[-1]] * 2
 
 
 def test_the_page_can_be_named_in_the_query(analysed_run, monkeypatch):
@@ -218,7 +296,8 @@ def test_evaluation_page_curves_and_facts(analysed_run, monkeypatch):
     ds = workbench.open(analysed_run).results("evaluation")
     at = app(monkeypatch, analysed_run, view="evaluation", score="accuracy", window=3, task="facts-en2ja")
     curves = titled(at, "accuracy (mean over 3 checkpoints)")
-    line = next(t for t in curves["data"] if t["name"] == "facts-en")
+    items = int(ds["n_choice"].sel(task="facts-en").max())
+    line = next(t for t in curves["data"] if t["name"] == f"facts-en ({items} items)")
     np.testing.assert_allclose(values(line["y"]), wf.rolling(ds["accuracy"].sel(task="facts-en").values, 3))
     recall = titled(at, "facts-en2ja: fact_correct per fact")
     asked = ds["fact_correct"].sel(task="facts-en2ja").dropna("fact", how="all")

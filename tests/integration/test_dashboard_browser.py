@@ -1,6 +1,7 @@
 """The dashboard as a user runs it: `wb dashboard` on a loopback port, a real headless Chromium (Debian's
 `chromium`, which `make test` installs; driven by Playwright, which downloads nothing): every page renders, the
-step is in the URL, a saved URL reopens the view, new checkpoints appear on refresh, Ctrl-C stops it cleanly."""
+step is in the URL, a saved URL reopens the view, a heatmap cell opens its curves, new checkpoints appear on
+refresh, no request leaves the machine, Ctrl-C and SIGTERM stop it cleanly."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
+import psutil
 import pytest
 
 import workbench
@@ -77,8 +80,12 @@ def served(analysed_run):
     assert code == 0 and "dashboard stopped" in out, out
 
 
-def open_page(browser, url: str):
+def open_page(browser, url: str, requests: list[str] | None = None):
+    """`url` in a new page, once the script has run; every request the page makes is added to `requests`."""
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    if requests is not None:
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("websocket", lambda w: requests.append(w.url))
     page.goto(url)
     page.wait_for_selector("[data-testid=stSidebar] >> text=/\\d+ checkpoints/", timeout=60_000)  # the sidebar is done
     settle(page)
@@ -92,15 +99,18 @@ def settle(page) -> None:
     page.wait_for_timeout(300)
 
 
-def test_every_page_renders_without_an_exception(browser, served, tmp_path):
+def test_every_page_renders_without_an_exception_and_asks_only_this_machine(browser, served, tmp_path):
+    asked: list[str] = []
     for name in PAGES:
-        page = open_page(browser, f"{served.url}/{name}")
+        page = open_page(browser, f"{served.url}/{name}", asked)
         assert page.query_selector("[data-testid=stException]") is None, page.inner_text("body")[:2000]
         if name in ("", "weights", "lens", "activations"):
             page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
         page.screenshot(path=str(tmp_path / f"{name.split('?')[0] or 'overview'}.png"), full_page=True)
         page.close()
     assert len(list(tmp_path.glob("*.png"))) == len(PAGES)
+    assert asked and all(urlparse(u).hostname == "127.0.0.1" for u in asked if not u.startswith("data:")), \
+        sorted({u for u in asked if urlparse(u).hostname != "127.0.0.1"})
 
 
 def choose(page, label: str, option: str) -> None:
@@ -124,6 +134,19 @@ def test_the_step_is_in_the_url_and_a_saved_url_reopens_the_view(browser, served
     assert again.get_by_role("combobox", name="step B", exact=True).input_value() == "10"
     assert again.get_by_role("combobox", name="statistic", exact=True).input_value() == "spectral_norm"
     again.close()
+
+
+def test_clicking_a_heatmap_cell_opens_its_layer(browser, served):
+    page = open_page(browser, f"{served.url}/weights")
+    curves_of = "text=/model\\.layers\\.{}\\.\\S+ over training/"  # the title of a layer's curves
+    page.wait_for_selector(curves_of.format(0), timeout=30_000)  # the first layer's, until a cell is chosen
+    cells = page.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()  # the map's plot area
+    page.mouse.click(cells["x"] + cells["width"] / 2, cells["y"] + cells["height"] / 4)  # the top row: layer 1
+    settle(page)
+    assert "layer=1" in page.url
+    page.wait_for_selector(curves_of.format(1), timeout=30_000)
+    assert page.get_by_role("combobox", name="layer", exact=True).input_value() == "1"
+    page.close()
 
 
 def test_unknown_step_or_page_in_the_url_is_a_notice(browser, served):
@@ -154,6 +177,35 @@ def test_new_checkpoints_appear_after_a_refresh(browser, analysed_run, tmp_path)
     finally:
         code, out = dash.stop()
     assert code == 0, out
+
+
+def answers(port: int) -> bool:
+    """Whether a server listens on `port` of loopback."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_hangup_stops_the_server(analysed_run, sig):
+    """`kill PID` (or the terminal closing) stops `wb dashboard` and the Streamlit server it started: the port is
+    free within 5 s and no process of it is left."""
+    dash = Dashboard(analysed_run)
+    started = psutil.Process(dash.proc.pid).children(recursive=True)
+    try:
+        assert started and answers(dash.port)
+        os.kill(dash.proc.pid, sig)  # to `wb` alone, as a service manager sends it
+        deadline = time.monotonic() + 5
+        while answers(dash.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not answers(dash.port)
+        _, left = psutil.wait_procs(started, timeout=max(0.0, deadline - time.monotonic()))
+        assert not left, left
+        assert dash.proc.wait(timeout=5) == 0 and "dashboard stopped" in dash.proc.stdout.read()
+    finally:
+        for proc in started:
+            if proc.is_running():
+                proc.kill()
+        dash.stop()
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, analysed_run):

@@ -165,3 +165,45 @@ def test_direction_drift_is_the_cosine_between_steps():
 def test_rolling_mean_over_neighbouring_checkpoints():
     np.testing.assert_allclose(wf.rolling(np.array([1.0, 2.0, 6.0, np.nan, 4.0]), 3), [1.5, 3.0, 4.0, 5.0, 4.0])
     np.testing.assert_array_equal(wf.rolling(np.array([1.0, 2.0]), 1), [1.0, 2.0])
+
+
+def evaluation_ds() -> xr.Dataset:
+    """Evaluation-like results of two tasks: 'big' with 40 multiple-choice items, 'few' with 3 (its accuracy moves
+    in thirds); chance 0.25 and 0.5."""
+    acc = np.array([[0.25, 0.0], [0.5, 1 / 3], [0.6, 2 / 3], [0.7, 2 / 3]])
+    task = ("step", "task")
+    return xr.Dataset({"accuracy": (task, acc), "accuracy_stderr": (task, np.full_like(acc, 0.05)),
+                       "chance": (task, np.tile([0.25, 0.5], (len(STEPS), 1))),
+                       "n_choice": (task, np.tile([40, 3], (len(STEPS), 1))),
+                       "n_generation": (task, np.zeros((len(STEPS), 2), dtype=int))},
+                      coords={"step": STEPS, "task": ["big", "few"]})
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_score_curves_name_item_counts_and_colour_chance_as_its_task(split):
+    fig = wf.score_curves(evaluation_ds(), "accuracy", split=split)
+    curves = {t.name: t for t in fig.data if t.mode == "lines+markers"}
+    assert set(curves) == {"big (40 items)", "few (3 items)"}
+    np.testing.assert_allclose(curves["few (3 items)"].y, [0, 1 / 3, 2 / 3, 2 / 3])
+    for task, name in (("big", "big (40 items)"), ("few", "few (3 items)")):
+        (chance,) = [t for t in fig.data if t.name == f"{task}: chance"]
+        assert chance.line.color == curves[name].line.color
+        assert set(np.asarray(chance.y)) == {0.25 if task == "big" else 0.5}
+        (band,) = [t for t in fig.data if t.name == f"{name} ± s.e."]
+        assert band.fillcolor == curves[name].line.color
+    panels = {(t.xaxis, t.yaxis) for t in curves.values()}
+    assert len(panels) == (2 if split else 1)  # split: each task on its own axes
+    assert wf.item_count(evaluation_ds(), "accuracy", "few") == 3
+
+
+def test_run_table_shows_the_settings_in_which_runs_differ():
+    from types import SimpleNamespace
+
+    def run(name, lr, layers, steps):
+        return SimpleNamespace(location=f"/runs/{name}", steps=steps, model_config={"num_hidden_layers": layers,
+                               "vocab_size": 96}, train_config={"lr": lr, "seed": 0})
+
+    table = wf.run_table([run("a", 1e-3, 2, [0, 10]), run("b", 3e-4, 2, [0, 10, 20])])
+    assert list(table.columns) == ["run", "location", "last step", "checkpoints", "train.lr"]
+    assert table["train.lr"].tolist() == [1e-3, 3e-4] and table["last step"].tolist() == [10, 20]
+    assert list(wf.run_table([run("a", 1e-3, 2, [0])]).columns) == ["run", "location", "last step", "checkpoints"]

@@ -21,10 +21,10 @@ from workbench.figures.maps import (
     weight_kinds,
     weight_map,
 )
-from workbench.figures.overview import coverage, heldout_loss_figure, metrics_figure, run_card, smooth
+from workbench.figures.overview import coverage, heldout_loss_figure, metrics_figure, run_card, run_table, smooth
 from workbench.figures.probing import direction_cosines, direction_drift, probe_map, transfer_curves
 from workbench.figures.results import results_figure, summary_figure
-from workbench.figures.scores import exposure_recall, fact_recall_map, rolling, score_curves
+from workbench.figures.scores import exposure_recall, fact_recall_map, item_count, rolling, score_curves
 from workbench.figures.texts import (
     batch_documents,
     canary_map,
@@ -39,8 +39,8 @@ from workbench.figures.texts import (
 
 __all__ = ["batch_documents", "canary_map", "cka_map", "compare_statistics", "coverage", "direction_cosines",
            "direction_drift", "document_hits", "exposure_recall", "fact_recall_map", "probe_map", "results_figure", "rolling",
-           "score_curves", "transfer_curves",
+           "score_curves", "item_count", "transfer_curves",
            "document_learned_html", "document_loss_html", "eval_documents", "head_layer_map", "heldout_loss_figure",
            "layer_curves", "layer_step_map", "learned_steps", "massive_dimensions", "memorization_examples",
-           "metrics_figure", "run_card", "seen_map", "smooth", "summary_figure", "weight_curves", "weight_distance_figure",
+           "metrics_figure", "run_card", "run_table", "seen_map", "smooth", "summary_figure", "weight_curves", "weight_distance_figure",
            "weight_distances", "weight_kinds", "weight_map"]

@@ -41,11 +41,17 @@ def heatmap(z, x, y, title: str, x_title: str, y_title: str, color_title: str = 
         t = thin(z.shape[1], max(1, MAX_CELLS // max(1, z.shape[0])))
         z, x = z[:, t.index], np.asarray(x)[t.index]
         note = "; ".join(filter(None, [note, t.note.replace("points", f"{x_title}s")]))
-    fig = go.Figure(go.Heatmap(z=z, x=[str(v) for v in x], y=[str(v) for v in y], zmid=zmid,
-                               colorscale="RdBu_r" if zmid is not None else "Viridis",
-                               colorbar={"title": {"text": color_title}}, hoverongaps=False))
+    x, y = [str(v) for v in x], [str(v) for v in y]
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=y, zmid=zmid, colorscale="RdBu_r" if zmid is not None else "Viridis",
+                               colorbar={"title": {"text": color_title}}, hoverinfo="skip"))
+    # Plotly selects no heatmap cell, so Streamlit's selection events never fire on one: an invisible marker on
+    # every cell is what a click selects (the nearest, at any distance: anywhere in the cell), and what hovers.
+    cells_x, cells_y = np.meshgrid(x, y)  # [len(y), len(x)] each
+    fig.add_scatter(x=cells_x.ravel(), y=cells_y.ravel(), customdata=z.ravel(), mode="markers", name="",
+                    marker={"opacity": 0}, showlegend=False,
+                    hovertemplate=f"{x_title} %{{x}}<br>{y_title} %{{y}}<br>{color_title or 'value'} %{{customdata:.4g}}<extra></extra>")
     fig.update_layout(title=_title(title, note), xaxis_title=x_title, yaxis_title=y_title, xaxis_type="category",
-                      yaxis_type="category", margin={"t": 60, "l": 60, "r": 20, "b": 50})
+                      yaxis_type="category", hoverdistance=-1, margin={"t": 60, "l": 60, "r": 20, "b": 50})
     return fig
 
 

@@ -18,6 +18,21 @@ if TYPE_CHECKING:
 METRICS = ("loss", "lr", "grad_norm", "tokens_per_s")
 
 
+def run_table(runs: list["Run"]) -> "pd.DataFrame":
+    """The open runs side by side: name, last step, checkpoints, and every model or training setting in which
+    they differ (a column per setting; none when there is one run or they agree)."""
+    import pandas as pd
+
+    configs = [{**{f"model.{k}": v for k, v in r.model_config.items()},
+                **{f"train.{k}": v for k, v in (r.train_config or {}).items()}} for r in runs]
+    keys = sorted(set().union(*configs))
+    differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    rows = [{"run": r.location.rstrip("/").rsplit("/", 1)[-1], "location": r.location,
+             "last step": r.steps[-1] if r.steps else None, "checkpoints": len(r.steps),
+             **{k: c.get(k) for k in differ}} for r, c in zip(runs, configs)]
+    return pd.DataFrame(rows)
+
+
 def run_card(run: "Run") -> dict:
     """What the run is: model, training, steps, parameters, bytes, tokenizer, code version."""
     from workbench.store.storage import bytes_on_disk

@@ -23,30 +23,50 @@ def rolling(values: np.ndarray, window: int) -> np.ndarray:
                      else np.nan for i in range(len(v))])
 
 
-def score_curves(ds: "xr.Dataset", var: str, tasks=None, window: int = 1):
+GENERATED = ("exact_match", "char_f1")  # scores of generations; the others are of multiple-choice items
+
+
+def item_count(ds: "xr.Dataset", var: str, task) -> int:
+    """How many items `var` of `task` averages (its most at any step): what one item moves it by is 1 / that."""
+    count = ds["n_generation" if var in GENERATED else "n_choice"].sel(task=task)
+    return int(count.max()) if count.size else 0
+
+
+def score_curves(ds: "xr.Dataset", var: str, tasks=None, window: int = 1, split: bool = False):
     """`var` of each task over steps, smoothed over `window` checkpoints, with a ± standard-error band and, for
-    accuracies, the chance level."""
-    import plotly.graph_objects as go
+    accuracies, the chance level in the task's colour; each task named with its item count. `split`: one panel
+    per task (shared step axis) instead of every task on one plot."""
+    import plotly.colors
+    from plotly.subplots import make_subplots
 
     steps = steps_of(ds)
-    fig = go.Figure()
-    for task in tasks if tasks is not None else ds["task"].values:
-        y = ds[var].sel(task=task).values.astype(float)
-        if not np.isfinite(y).any():
-            continue
-        y = rolling(y, window)
+    shown = [t for t in (tasks if tasks is not None else ds["task"].values)
+             if np.isfinite(ds[var].sel(task=t).values.astype(float)).any()]
+    names = [f"{t} ({item_count(ds, var, t)} items)" for t in shown]
+    rows = -(-len(shown) // 2) if split else 1
+    fig = make_subplots(rows=max(rows, 1), cols=2 if split and len(shown) > 1 else 1, shared_xaxes=True,
+                        subplot_titles=names if split else None, vertical_spacing=0.08)
+    palette = plotly.colors.qualitative.Plotly
+    for i, (task, name) in enumerate(zip(shown, names)):
+        colour = palette[i % len(palette)]
+        at = {"row": i // 2 + 1, "col": i % 2 + 1} if split else {"row": 1, "col": 1}
+        y = rolling(ds[var].sel(task=task).values.astype(float), window)
         err = rolling(ds[f"{var}_stderr"].sel(task=task).values, window) if f"{var}_stderr" in ds else None
         if err is not None and np.isfinite(err).any():
             fig.add_scatter(x=np.concatenate([steps, steps[::-1]]), y=np.concatenate([y + err, (y - err)[::-1]]),
-                            fill="toself", line={"width": 0}, opacity=0.2, name=f"{task} ± s.e.", showlegend=False,
-                            hoverinfo="skip")
-        fig.add_scatter(x=steps, y=y, mode="lines+markers", name=str(task))
+                            fill="toself", line={"width": 0}, fillcolor=colour, opacity=0.2, name=f"{name} ± s.e.",
+                            showlegend=False, hoverinfo="skip", legendgroup=name, **at)
+        fig.add_scatter(x=steps, y=y, mode="lines+markers", name=name, line={"color": colour}, legendgroup=name,
+                        hovertemplate=f"{task}<br>step %{{x}}<br>{var} %{{y:.4g}}<extra></extra>", **at)
         if var.startswith("accuracy") and "chance" in ds:
             fig.add_scatter(x=steps, y=ds["chance"].sel(task=task).values, mode="lines", name=f"{task}: chance",
-                            line={"dash": "dot"})
+                            line={"dash": "dot", "color": colour}, legendgroup=name, showlegend=False,
+                            hovertemplate=f"{task}: chance %{{y:.3g}}<extra></extra>", **at)
     smoothed = f" (mean over {window} checkpoints)" if window > 1 else ""
-    fig.update_layout(title=f"{var}{smoothed}", xaxis_title="step", yaxis_title=var,
-                      legend={"orientation": "h", "y": -0.25})
+    fig.update_layout(title=f"{var}{smoothed}", legend={"orientation": "h", "y": -0.25},
+                      height=max(450, 260 * rows) if split else 450)
+    fig.update_xaxes(title_text="step", row=rows, col=1)
+    fig.update_yaxes(title_text=var, col=1)
     return fig
 
 

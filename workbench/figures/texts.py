@@ -27,9 +27,45 @@ def tokens_html(pieces: list[str], colors: list[str], titles: list[str] | None =
     return '<div style="white-space:pre-wrap;font-family:monospace;line-height:1.6">' + "".join(spans) + "</div>"
 
 
-def pieces(tokenizer, ids) -> list[str]:
-    """Each token id's text as it reads in context (byte-level tokens decoded one by one)."""
-    return [tokenizer.decode([int(i)]) for i in ids]
+MAX_SPAN = 16  # tokens one span may hold
+
+
+def spans(tokenizer, ids, start: int = 0) -> list[tuple[slice, str]]:
+    """The tokens `ids[start:]` as consecutive spans of whole characters, with their text: a byte-level token may
+    hold only some of a character's UTF-8 bytes, which alone decode to U+FFFD, so a span is the fewest tokens
+    from its first that decode without one (up to `MAX_SPAN`; a token that never does, as at a cut, stands
+    alone). `ids[:start]` are context: a character they begin shows whole in the first span (sliced from `start`)."""
+    ids = [int(i) for i in ids]
+    out, i = [], 0
+    while i < len(ids):
+        for j in range(i + 1, min(len(ids), i + MAX_SPAN) + 1):
+            if "\ufffd" not in (text := tokenizer.decode(ids[i:j])):
+                break
+        else:
+            j, text = i + 1, tokenizer.decode(ids[i:i + 1])
+        if j > start:
+            out.append((slice(max(i, start), j), text))
+        i = j
+    return out
+
+
+def text_after(tokenizer, context, ids) -> str:
+    """The text of `ids` after the tokens `context`, a character cut between them whole (`spans`)."""
+    return "".join(t for _, t in spans(tokenizer, [*context, *ids], len(context)))
+
+
+def spans_html(tokenizer, ids, values, reduce, colors, label, context=()) -> str:
+    """The text of `ids` as spans of whole characters (`spans`, after the tokens `context`), each with the value
+    `reduce` makes of its tokens' `values`, coloured by `colors` (of every span's value) and hovered as `label` of
+    it; the hover of a span of several tokens also names them and each one's value."""
+    ids, values = np.asarray(ids), np.asarray(values)
+    groups = [(slice(s.start - len(context), s.stop - len(context)), t)
+              for s, t in spans(tokenizer, [*context, *ids], len(context))]
+    reduced = [reduce(values[s]) for s, _ in groups]
+    titles = [label(v) + (f"; tokens {s.start}–{s.stop - 1} (ids {', '.join(map(str, ids[s]))}): "
+                          f"{', '.join(map(label, values[s]))}" if s.stop - s.start > 1 else "")
+              for (s, _), v in zip(groups, reduced)]
+    return tokens_html([t for _, t in groups], colors(reduced), titles)
 
 
 def shade(values, vmax: float) -> list[str]:
@@ -77,7 +113,8 @@ def seen_map(ds: "xr.Dataset"):
 
 def memorization_examples(run: "Run", ds: "xr.Dataset", step: int, kind: str | None = None) -> "pd.DataFrame":
     """The sequences at `step`: kind, canary, document, copies, times seen, match, and the prompt, target and
-    greedy continuation as text; `html` colours the continuation's tokens green where they match the target."""
+    greedy continuation as text (a character the prompt cuts shows whole in the target and continuation); `html`
+    colours the continuation green where its tokens are the target's."""
     import pandas as pd
 
     from workbench.analyses.memorization import Memorization, sequences
@@ -92,17 +129,22 @@ def memorization_examples(run: "Run", ds: "xr.Dataset", step: int, kind: str | N
             continue
         cont = one["continuation"].values[i] if "continuation" in one else None
         cont = [int(t) for t in cont if t >= 0] if cont is not None else None
-        match = [c == t for c, t in zip(cont or [], s.target)]
+        match = [k < len(s.target) and c == s.target[k] for k, c in enumerate(cont or [])]
         rows.append({
             "sequence": i, "kind": s.kind, "canary": s.canary, "document": s.document_id, "copies": s.copies,
             "times seen": int(one["times_seen"].values[i]), "token match": float(one["token_match"].values[i]),
             "exact": bool(one["exact_match"].values[i]), "prompt": tok.decode(list(s.prompt)),
-            "target": tok.decode(list(s.target)),
-            "continuation": tok.decode(cont) if cont is not None else "(not stored: recompute memorization)",
-            "html": tokens_html(pieces(tok, cont), ["rgba(40,160,60,0.35)" if m else "rgba(220,40,40,0.25)" for m in match])
-            if cont is not None else "",
+            "target": text_after(tok, s.prompt, s.target),
+            "continuation": text_after(tok, s.prompt, cont) if cont is not None else "(not stored: recompute memorization)",
+            "html": spans_html(tok, cont, match, np.all, _match_colors, lambda m: "as the target" if m else "not the target",
+                               s.prompt) if cont is not None else "",
         })
     return pd.DataFrame(rows)
+
+
+def _match_colors(matched) -> list[str]:
+    """Green for a span whose every token is the target's, red for one that is not."""
+    return ["rgba(40,160,60,0.35)" if m else "rgba(220,40,40,0.25)" for m in matched]
 
 
 # ---------------------------------------------------------------------------------------------- per-token loss
@@ -138,21 +180,23 @@ def learned_steps(token_loss: "xr.DataArray", threshold: float) -> np.ndarray:
 
 
 def document_loss_html(tokenizer, ds: "xr.Dataset", first: int, length: int, step: int, vmax: float = 8.0) -> str:
-    """One evaluation document's text, each token shaded by its loss at `step` (hover: the loss in nats)."""
+    """One evaluation document's text, each span of whole characters shaded by its tokens' total loss at `step`
+    (hover: the loss in nats)."""
     part = ds.isel(token=slice(first, first + length))
     loss = part["token_loss"].sel(step=step).values
-    return tokens_html(pieces(tokenizer, part["target"].values), shade(loss, vmax), [f"{v:.2f} nats" for v in loss])
+    return spans_html(tokenizer, part["target"].values, loss, np.sum, lambda v: shade(v, vmax), lambda v: f"{v:.2f} nats")
 
 
 def document_learned_html(tokenizer, ds: "xr.Dataset", first: int, length: int, threshold: float) -> str:
-    """One evaluation document's text, each token shaded by when it was learnt (light: early, dark: late,
-    grey: never), hover: the step."""
+    """One evaluation document's text, each span of whole characters shaded by when its last token was learnt
+    (light: early, dark: late, grey: never), hover: the step."""
     part = ds.isel(token=slice(first, first + length))
     learned = learned_steps(part["token_loss"], threshold)
     last = max(1, int(part["step"].values.max()))
-    colors = ["rgba(120,120,120,0.35)" if s < 0 else f"rgba(40,90,200,{0.1 + 0.8 * s / last:.2f})" for s in learned]
-    return tokens_html(pieces(tokenizer, part["target"].values), colors,
-                       ["never" if s < 0 else f"learnt at step {s}" for s in learned])
+    return spans_html(tokenizer, part["target"].values, learned, lambda s: -1 if (s < 0).any() else s.max(),
+                      lambda steps: ["rgba(120,120,120,0.35)" if s < 0 else f"rgba(40,90,200,{0.1 + 0.8 * s / last:.2f})"
+                                     for s in steps],
+                      lambda s: "never" if s < 0 else f"learnt at step {s}")
 
 
 # ---------------------------------------------------------------------------------------------- training data

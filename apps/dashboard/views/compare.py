@@ -8,9 +8,10 @@ from apps.dashboard import state
 
 sel = state.selection()
 run = sel.run
-a, b = sel.step_b, sel.step
-st.title(f"Compare step {a} (A) with step {b} (B)")
-st.caption("A is the sidebar's step B, B its step: the differences read as B − A, forward in training when B is later.")
+a, b = sel.step, sel.step_b
+st.title(f"Compare step A = {a} with step B = {b}")
+st.caption("A and B are the sidebar's steps, as on every page; the differences read B − A (forward in training when "
+           "B is the later step).")
 names = list(run.stored_results())
 results = {n: state.results(run, n) for n in names}
 table = wf.compare_statistics(results, a, b)
@@ -20,7 +21,7 @@ else:
     analysis = state.choose("analysis", sorted(table["analysis"].unique()), "analysis")
     st.dataframe(table[table["analysis"] == analysis].drop(columns="analysis"), hide_index=True)
 if a in run.steps and b in run.steps:
-    st.plotly_chart(wf.weight_distance_figure(wf.weight_distances(run, a, b), a, b), key="distances")
+    st.plotly_chart(wf.weight_distance_figure(state.weight_distances(run, a, b), a, b), key="distances")
 else:
     st.info("Weight distances need checkpoints at both steps.")
 if (mem := results.get("memorization")) is not None and {a, b} <= set(mem["step"].values.tolist()):

@@ -15,13 +15,20 @@ except MissingData as e:
     st.info(f"{e}. The data pages need the corpus and data order that `wb train` records.")
     st.stop()
 query = st.text_input("documents containing", key="q", bind="query-params", placeholder="capital of")
-if query:
-    hits = wf.document_hits(run, query)
-    st.caption(f"{len(hits)} document(s) shown")
+hits = wf.document_hits(run, query) if query else None
+if hits is not None:
+    st.caption(f"{len(hits)} document(s) shown. \"times seen\": the training steps whose batch held part of the "
+               "document (a document in several rows of one batch counts once); \"seen at\" lists them.")
     st.dataframe(hits, hide_index=True)
 
 doc_param = st.query_params.get("doc")
-if doc_param is not None and doc_param.isdigit() and int(doc_param) in set(corpus["document_id"]):
+known = set(corpus["document_id"])
+if hits is not None and len(hits):  # a hit opens below, its id in the URL
+    options = list(dict.fromkeys(hits["document"].tolist() + ([int(doc_param)] if doc_param and doc_param.isdigit()
+                                                             and int(doc_param) in known else [])))
+    snippets = dict(zip(hits["document"], hits["snippet"]))
+    doc_param = str(state.choose("document", options, "doc", format_func=lambda d: f"{d}: {snippets.get(d, '')[:70]}"))
+if doc_param is not None and doc_param.isdigit() and int(doc_param) in known:
     doc = int(doc_param)
     row = corpus.set_index("document_id").loc[doc]
     seen = run.steps_seen(doc)

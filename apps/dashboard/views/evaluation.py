@@ -9,10 +9,15 @@ from apps.dashboard import state
 sel, ds = state.page_of("Evaluation", "evaluation")
 scores = [v for v in ("accuracy", "accuracy_bytes", "accuracy_chars", "gold_logprob", "bits_per_byte", "exact_match",
                       "char_f1") if v in ds]
-left, right = st.columns(2)
+left, middle, right = st.columns([2, 2, 1])
 var = state.choose("score", scores, "score", where=left)
-window = right.slider("mean over neighbouring checkpoints", 1, 9, 1, 2, key="window", bind="query-params")
-st.plotly_chart(wf.score_curves(ds, var, window=window), key="curves")
+window = middle.slider("mean over neighbouring checkpoints", 1, 9, 1, 2, key="window", bind="query-params")
+split = right.toggle("a panel per task", key="split", bind="query-params")
+st.plotly_chart(wf.score_curves(ds, var, window=window, split=split), key="curves")
+few = {str(t): n for t in ds["task"].values if 0 < (n := wf.item_count(ds, var, t)) < 20}
+if few:
+    st.caption("Few items: " + "; ".join(f"{t} has {n}, so one item moves {var} by {1 / n:.2g}" for t, n in few.items())
+               + ". Read their curves as steps of that size, not as trends.")
 if ds.sizes.get("fact", 0):
     st.subheader("Facts: recall against exposure")
     with_facts = [str(t) for t in ds["task"].values if ds["fact_gold_logprob"].sel(task=t).notnull().any()]

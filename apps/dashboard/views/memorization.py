@@ -27,4 +27,4 @@ if len(examples):
     st.html(row["html"] or row["continuation"])
     seen = sel.run.steps_seen(int(row["document"]))
     st.page_link("views/data.py", label=f"document {row['document']}: seen at {len(seen)} step(s)",
-                 query_params={"run": sel.run.location, "doc": str(row["document"])}, icon=":material/dataset:")
+                 query_params={"run": sel.run.location, "doc": str(row["document"])})

@@ -4,14 +4,21 @@ import streamlit as st
 
 import workbench.figures as wf
 from apps.dashboard import state
+from workbench.store.hf import format_size
 
 sel = state.selection()
 run = sel.run
 st.title("Overview")
 card = wf.run_card(run)
+card["parameters"] = f"{card['parameters'] / 1e6:,.2f} M" if card["parameters"] >= 1e5 else f"{card['parameters']:,}"
+card["bytes on disk"] = format_size(card["bytes on disk"]) if card["bytes on disk"] is not None else None
 columns = st.columns(4)
 for i, (key, value) in enumerate(card.items()):
     columns[i % 4].markdown(f"**{key}**  \n{value if value is not None else '—'}")
+if len(sel.runs) > 1:
+    st.subheader("Runs")
+    st.caption("every open run, with the settings in which they differ; curves below overlay them all")
+    st.dataframe(wf.run_table(list(sel.runs)), hide_index=True)
 with st.expander("model and training config"):
     st.json({"model_config": run.model_config, "train_config": run.train_config}, expanded=False)
 
