@@ -77,13 +77,17 @@ def _sidebar() -> state.Selection | None:
             st.error(f"{location}: {e}")
     if not runs:
         return None
+    log_step = st.sidebar.toggle("log step axis", True, key="log_step", bind="query-params",
+                                 help="every curve over steps; step 0 sits left of step 1 in every run")
     steps = state.steps_of(runs[0])
     if not steps:
-        return state.Selection(tuple(runs), (), None, None)
-    step = state.choose("step", steps, "step", default=steps[-1], where=st.sidebar)
+        return state.Selection(tuple(runs), (), None, None, log_step)
+    step = state.choose("step A", steps, "step", default=steps[-1], where=st.sidebar)
     step_b = state.choose("step B", steps, "step_b", default=steps[0], where=st.sidebar)
-    st.sidebar.caption(f"{runs[0].location}: {len(runs[0].steps)} checkpoints, {len(steps)} steps with data")
-    return state.Selection(tuple(runs), tuple(steps), step, step_b)
+    st.sidebar.caption(f"{runs[0].location}: {len(runs[0].steps)} checkpoints, {len(steps)} steps with data. Step A "
+                       "is marked (dashed) on every curve and heatmap over steps; pages with a view of one step show "
+                       "A there, Tokens and Compare set B beside it.")
+    return state.Selection(tuple(runs), tuple(steps), step, step_b, log_step)
 
 
 main()

@@ -18,12 +18,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Selection:
-    """The sidebar's choice: runs (the first is the one most pages show) and steps A and B."""
+    """The sidebar's choice: runs (the first is the one most pages show), steps A and B, the step axis."""
 
     runs: tuple["Run", ...]
     steps: tuple[int, ...]  # the first run's checkpoints and result steps
     step: int | None  # A
     step_b: int | None  # B
+    log_step: bool = True  # curves over steps on a log axis
 
     @property
     def run(self) -> "Run":
@@ -124,6 +125,22 @@ def choose(label: str, options: list, key: str, default=None, where=st, format_f
         del st.session_state[key]
     index = 0 if key in st.session_state else options.index(default)  # a value set in the session state wins
     return where.selectbox(label, options, index=index, key=key, bind="query-params", format_func=format_func)
+
+
+def chart(fig, key: str, where=st, **kwargs):
+    """A figure as every page shows it: over steps, on the sidebar's step axis (log or linear) with step A marked
+    (dashed); the data behind it as a CSV download below. Returns `st.plotly_chart`'s event (with `on_select`)."""
+    import workbench.figures as wf
+
+    sel = selection()
+    if sel.log_step:
+        wf.log_step_axis(fig)
+    if sel.step is not None:
+        wf.mark_step(fig, sel.step)
+    event = where.plotly_chart(fig, key=key, **kwargs)
+    where.download_button("data (CSV)", wf.figure_data(fig).to_csv(index=False), file_name=f"{key}.csv",
+                          mime="text/csv", key=f"{key}-csv")
+    return event
 
 
 def pick(key: str, value) -> None:

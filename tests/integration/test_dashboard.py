@@ -72,12 +72,39 @@ def test_overview_shows_the_stored_curves_and_coverage(analysed_run, monkeypatch
     at = app(monkeypatch, analysed_run)
     heldout = titled(at, "held-out loss")
     loss = run.results("loss")
-    for trace in heldout["data"]:
+    *domains, marker = heldout["data"]
+    for trace in domains:
         np.testing.assert_allclose(values(trace["y"]), loss["loss"].sel(domain=trace["name"]).values, rtol=1e-12)
+    last = run.steps[-1]  # step A by default
+    assert marker["name"] == f"step A = {last}" and list(values(marker["x"])) == [last, last]
+    assert heldout["layout"]["xaxis"]["type"] == "log" and values(domains[0]["x"])[0] == wf._common.STEP0_ON_LOG
     training = titled(at, "training loss")
     np.testing.assert_allclose(values(training["data"][0]["y"]), wf.smooth(run.metrics()["loss"].to_numpy(), 0.6), rtol=1e-12)
     table = at.dataframe[0].value
     assert set(table["analysis"]) >= {"weights", "loss", "memorization"} and (table["missing"] == 0).all()
+
+
+@pytest.mark.parametrize("view", PAGES)
+def test_step_a_is_marked_on_every_figure_over_steps_and_its_data_downloads(analysed_run, monkeypatch, view):
+    """On every page, each figure over steps draws the sidebar's step A (dashed, where the figure has that step),
+    and each figure's CSV download holds the points it draws."""
+    at = app(monkeypatch, analysed_run, view=view, step=30, log_step="false")
+    assert not at.exception
+    downloads = [b.proto for b in at.get("download_button") if b.proto.label == "data (CSV)"]
+    figures = charts(at)
+    assert len(downloads) == len(figures) and all(d.url.endswith(".csv") for d in downloads)  # data: figure_data
+    for fig in figures:
+        if fig["layout"].get("xaxis", {}).get("title", {}).get("text") != "step":
+            continue
+        assert fig["layout"]["xaxis"].get("type") != "log"  # the sidebar's toggle, off
+        steps = {str(int(float(x))) for t in fig["data"] if t.get("x") is not None for x in values_or_labels(t["x"])}
+        if "30" in steps:
+            assert "step A = 30" in [t.get("name") for t in fig["data"]], fig["layout"]["title"]
+
+
+def values_or_labels(v) -> list:
+    """A trace's x: numbers (plotly's typed arrays too) or category labels."""
+    return list(values(v)) if isinstance(v, dict) else [x for x in v if str(x).replace(".", "", 1).isdigit()]
 
 
 def test_weights_page_maps_the_chosen_statistic_and_parameter(analysed_run, monkeypatch):
@@ -238,7 +265,7 @@ def test_several_runs_overlay_their_curves(analysed_run, tmp_path, monkeypatch):
     other = shutil.copytree(analysed_run, tmp_path / "second")
     at = app(monkeypatch, analysed_run, other, run=[str(analysed_run), str(other)])
     names = {t["name"] for t in titled(at, "training loss")["data"]}
-    assert names == {str(analysed_run), str(other)}
+    assert names == {str(analysed_run), str(other), f"step A = {workbench.open(analysed_run).steps[-1]}"}
     table = at.dataframe[0].value  # the runs table comes first
     assert table["location"].tolist() == [str(analysed_run), str(other)]
     assert table["last step"].tolist() == [workbench.open(analysed_run).steps[-1]] * 2

@@ -90,9 +90,9 @@ def test_long_series_are_thinned_and_the_figure_says_so():
     t = _common.thin(n)
     assert len(t.index) <= _common.MAX_POINTS and t.index[0] == 0 and t.index[-1] == n - 1
     df = pd.DataFrame({"loss": np.linspace(5, 1, n)}, index=pd.Index(np.arange(n), name="step"))
-    fig = wf.metrics_figure({"run": df}, "loss", log_step=False)
+    fig = wf.metrics_figure({"run": df}, "loss")
     assert len(fig.data[0].x) <= _common.MAX_POINTS and f"of {n:,} points" in fig.layout.title.text
-    short = wf.metrics_figure({"run": df.iloc[:100]}, "loss", log_step=False)
+    short = wf.metrics_figure({"run": df.iloc[:100]}, "loss")
     assert len(short.data[0].x) == 100 and "showing" not in short.layout.title.text
     big = _common.heatmap(np.zeros((96, _common.MAX_CELLS // 96 + 500)), np.arange(_common.MAX_CELLS // 96 + 500),
                           np.arange(96), "t", "step", "layer")
@@ -207,3 +207,38 @@ def test_run_table_shows_the_settings_in_which_runs_differ():
     assert list(table.columns) == ["run", "location", "last step", "checkpoints", "train.lr"]
     assert table["train.lr"].tolist() == [1e-3, 3e-4] and table["last step"].tolist() == [10, 20]
     assert list(wf.run_table([run("a", 1e-3, 2, [0])]).columns) == ["run", "location", "last step", "checkpoints"]
+
+
+def test_step_zero_sits_at_one_place_on_a_log_axis_for_every_run():
+    """Two runs whose first positive steps differ (1 and 100) draw their step-0 points at the same x, left of
+    step 1, labelled 0; the other points keep their steps."""
+    early = pd.DataFrame({"loss": [5.0, 4.0, 3.0]}, index=pd.Index([0, 1, 10], name="step"))
+    late = pd.DataFrame({"loss": [5.0, 2.0]}, index=pd.Index([0, 100], name="step"))
+    fig = wf.log_step_axis(wf.metrics_figure({"early": early, "late": late}, "loss"))
+    xs = {t.name: np.asarray(t.x, dtype=float) for t in fig.data}
+    assert xs["early"][0] == xs["late"][0] == _common.STEP0_ON_LOG < 1
+    np.testing.assert_array_equal(xs["early"][1:], [1, 10])
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.ticktext[0] == "0"
+    assert fig.layout.xaxis.tickvals[0] == _common.STEP0_ON_LOG
+    heat = wf.layer_step_map(activations_ds(), "attn_entropy")
+    assert wf.log_step_axis(heat).layout.xaxis.type == "category"  # heatmaps: columns stay as they are
+
+
+def test_the_step_is_marked_on_curves_and_heatmaps_and_the_data_is_what_is_drawn():
+    ds = weights_ds()
+    curves = wf.mark_step(wf.weight_curves(ds, ["frobenius_norm"], TEMPLATES[0], 1), 30)
+    (marker,) = [t for t in curves.data if t.name == "step A = 30"]
+    assert list(marker.x) == [30, 30]
+    y = ds["frobenius_norm"].sel(param="model.layers.1.mlp.up_proj.weight").values
+    assert list(marker.y) == [y.min(), y.max()]
+    grid = wf.mark_step(wf.weight_map(ds, "frobenius_norm", TEMPLATES[0]), 30)
+    (column,) = [t for t in grid.data if t.name == "step A = 30"]
+    assert list(column.x) == ["30", "30"] and list(column.y) == ["0", "1"]
+    assert len(wf.mark_step(wf.weight_map(ds, "frobenius_norm", TEMPLATES[0]), 31).data) == 2  # no such column
+    data = wf.figure_data(grid)  # the heatmap's cells, once (not its click layer or the marker)
+    assert len(data) == len(STEPS) * 2 and set(data.columns) == {"trace", "x", "y", "z"}
+    cell = data[(data["x"] == "30") & (data["y"] == "1")]
+    assert float(cell["z"].iloc[0]) == 1000 * 2 + 10
+    lines = wf.figure_data(curves)
+    assert lines["trace"].tolist() == ["frobenius_norm"] * len(STEPS)
+    np.testing.assert_array_equal(lines["y"], y)

@@ -7,9 +7,11 @@
     wf.heldout_loss_figure({"demo": run.results("loss")})
 
 Each returns a plotly figure (or a pandas table); long series are thinned to a bounded number of points and
-the figure's title says so.
+the figure's title says so. What the dashboard does to every figure over steps is here too: `log_step_axis(fig)`,
+`mark_step(fig, step)` and `figure_data(fig)` (the points behind it, as its CSV download holds them).
 """
 
+from workbench.figures._common import figure_data, log_step_axis, mark_step
 from workbench.figures.compare import compare_statistics, weight_distance_figure, weight_distances
 from workbench.figures.maps import (
     cka_map,
@@ -38,7 +40,8 @@ from workbench.figures.texts import (
 )
 
 __all__ = ["batch_documents", "canary_map", "cka_map", "compare_statistics", "coverage", "direction_cosines",
-           "direction_drift", "document_hits", "exposure_recall", "fact_recall_map", "probe_map", "results_figure", "rolling",
+           "direction_drift", "document_hits", "exposure_recall", "fact_recall_map", "figure_data", "log_step_axis",
+           "mark_step", "probe_map", "results_figure", "rolling",
            "score_curves", "item_count", "transfer_curves",
            "document_learned_html", "document_loss_html", "eval_documents", "head_layer_map", "heldout_loss_figure",
            "layer_curves", "layer_step_map", "learned_steps", "massive_dimensions", "memorization_examples",

@@ -68,16 +68,16 @@ def smooth(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def metrics_figure(metrics: dict[str, "pd.DataFrame"], column: str, smoothing: float = 0.0, log_step: bool = True):
+def metrics_figure(metrics: dict[str, "pd.DataFrame"], column: str, smoothing: float = 0.0):
     """One training metric (`loss`, `lr`, `grad_norm`, `tokens_per_s`, ...) over steps, a line per run
     ({run label: `Run.metrics()`}), smoothed by a debiased moving average."""
     series = {label: (df.index.to_numpy(), smooth(df[column].to_numpy(), smoothing))
               for label, df in metrics.items() if column in df}
     note = f" (smoothed {smoothing:g})" if smoothing else ""
-    return lines(series, f"training {column}{note}", column, log_x=log_step)
+    return lines(series, f"training {column}{note}", column)
 
 
-def heldout_loss_figure(losses: dict[str, "xr.Dataset"], log_step: bool = True):
+def heldout_loss_figure(losses: dict[str, "xr.Dataset"]):
     """Held-out loss per domain over steps ({run label: `run.results("loss")`}), a line per run and domain."""
     series = {}
     for label, ds in losses.items():
@@ -85,7 +85,7 @@ def heldout_loss_figure(losses: dict[str, "xr.Dataset"], log_step: bool = True):
         for domain in ds["domain"].values:
             name = f"{domain}" if len(losses) == 1 else f"{label} · {domain}"
             series[name] = (steps, ds["loss"].sel(domain=domain).values)
-    return lines(series, "held-out loss per domain", "loss (nats)", log_x=log_step)
+    return lines(series, "held-out loss per domain", "loss (nats)")
 
 
 def coverage(run: "Run", names: list[str] | None = None) -> "pd.DataFrame":

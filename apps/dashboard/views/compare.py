@@ -21,7 +21,7 @@ else:
     analysis = state.choose("analysis", sorted(table["analysis"].unique()), "analysis")
     st.dataframe(table[table["analysis"] == analysis].drop(columns="analysis"), hide_index=True)
 if a in run.steps and b in run.steps:
-    st.plotly_chart(wf.weight_distance_figure(state.weight_distances(run, a, b), a, b), key="distances")
+    state.chart(wf.weight_distance_figure(state.weight_distances(run, a, b), a, b), "distances")
 else:
     st.info("Weight distances need checkpoints at both steps.")
 if (mem := results.get("memorization")) is not None and {a, b} <= set(mem["step"].values.tolist()):

@@ -7,7 +7,7 @@ from apps.dashboard import state
 
 sel, ds = state.page_of("Logit lens", "lens")
 left, right = st.columns(2)
-left.plotly_chart(wf.layer_step_map(ds, "kl"), key="kl")
-right.plotly_chart(wf.layer_step_map(ds, "top1_agreement"), key="top1")
+state.chart(wf.layer_step_map(ds, "kl"), "kl", left)
+state.chart(wf.layer_step_map(ds, "top1_agreement"), "top1", right)
 layers = [int(l) for l in ds["layer"].values]
-st.plotly_chart(wf.layer_curves(ds, "kl", layers), key="kl-curves")
+state.chart(wf.layer_curves(ds, "kl", layers), "kl-curves")

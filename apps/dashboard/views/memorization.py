@@ -10,9 +10,9 @@ sel, ds = state.page_of("Memorisation", "memorization")
 kinds = set(ds["kind"].values.tolist())
 left, right = st.columns(2)
 if "canary" in kinds:
-    left.plotly_chart(wf.canary_map(ds), key="canaries")
+    state.chart(wf.canary_map(ds), "canaries", left)
 if "sample" in kinds:
-    right.plotly_chart(wf.seen_map(ds), key="samples")
+    state.chart(wf.seen_map(ds), "samples", right)
 
 step = sel.step if sel.step in ds["step"].values else int(ds["step"].values[-1])
 st.subheader(f"Examples at step {step}")

@@ -27,17 +27,15 @@ metrics = {r.location: m for r in sel.runs if (m := state.metrics(r)) is not Non
 if not metrics:
     st.info(f"{run.location} records no training metrics (an imported run): nothing to plot here.")
 else:
-    left, right = st.columns(2)
-    smoothing = left.slider("smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing", bind="query-params")
-    log_step = right.toggle("log step axis", True, key="log_step", bind="query-params")
+    smoothing = st.slider("smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing", bind="query-params")
     columns = st.columns(2)
     for i, column in enumerate(wf.overview.METRICS):
-        columns[i % 2].plotly_chart(wf.metrics_figure(metrics, column, smoothing, log_step), key=f"metric-{column}")
+        state.chart(wf.metrics_figure(metrics, column, smoothing), f"metric-{column}", columns[i % 2])
 
 st.subheader("Held-out loss")
 losses = {r.location: ds for r in sel.runs if (ds := state.results(r, "loss")) is not None}
 if losses:
-    st.plotly_chart(wf.heldout_loss_figure(losses), key="heldout")
+    state.chart(wf.heldout_loss_figure(losses), "heldout")
 else:
     state.missing(run, "loss")
 

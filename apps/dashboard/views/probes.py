@@ -12,11 +12,11 @@ st.caption("Layer 0 is the embeddings. A label that is a function of the token (
            "read accuracy against the control task (selectivity) and the step-0 column. Baseline (majority class): "
            f"{float(ds['majority'].sel(task=task).isel(step=-1)):.3f}.")
 left, right = st.columns(2)
-left.plotly_chart(wf.probe_map(ds, "accuracy", task), key="accuracy")
-right.plotly_chart(wf.probe_map(ds, "selectivity", task), key="selectivity")
+state.chart(wf.probe_map(ds, "accuracy", task), "accuracy", left)
+state.chart(wf.probe_map(ds, "selectivity", task), "selectivity", right)
 if any(str(t) for t in ds["transfer_task"].values):
     layer = state.choose("layer", [int(l) for l in ds["layer"].values], "layer", default=int(ds["layer"].values[-1]))
-    st.plotly_chart(wf.transfer_curves(ds, layer), key="transfer")
+    state.chart(wf.transfer_curves(ds, layer), "transfer")
 left, right = st.columns(2)
-left.plotly_chart(wf.direction_drift(ds, task, "previous"), key="drift-prev")
-right.plotly_chart(wf.direction_drift(ds, task, "final"), key="drift-final")
+state.chart(wf.direction_drift(ds, task, "previous"), "drift-prev", left)
+state.chart(wf.direction_drift(ds, task, "final"), "drift-final", right)
