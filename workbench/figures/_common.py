@@ -33,9 +33,10 @@ def thin(n: int, limit: int = MAX_POINTS) -> Thinned:
 
 
 def heatmap(z, x, y, title: str, x_title: str, y_title: str, color_title: str = "", zmid: float | None = None,
-            note: str = ""):
+            note: str = "", clickable: bool = False):
     """A plotly heatmap of `z` [len(y), len(x)] with categorical axes (steps are not evenly spaced); columns are
-    thinned evenly beyond `MAX_CELLS` cells, and the title says so."""
+    thinned evenly beyond `MAX_CELLS` cells, and the title says so. The hover names both axes and the value.
+    `clickable`: a click on a cell selects it (for Streamlit's selection events)."""
     import plotly.graph_objects as go
 
     z = np.asarray(z, dtype=float)
@@ -44,16 +45,23 @@ def heatmap(z, x, y, title: str, x_title: str, y_title: str, color_title: str = 
         z, x = z[:, t.index], np.asarray(x)[t.index]
         note = "; ".join(filter(None, [note, t.note.replace("points", f"{x_title}s")]))
     x, y = [str(v) for v in x], [str(v) for v in y]
+
+    def hover(value: str) -> str:
+        return f"{x_title} %{{x}}<br>{y_title} %{{y}}<br>{color_title or 'value'} %{{{value}:.4g}}<extra></extra>"
+
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, zmid=zmid, colorscale="RdBu_r" if zmid is not None else "Viridis",
-                               colorbar={"title": {"text": color_title}}, hoverinfo="skip"))
-    # Plotly selects no heatmap cell, so Streamlit's selection events never fire on one: an invisible marker on
-    # every cell is what a click selects (the nearest, at any distance: anywhere in the cell), and what hovers.
-    cells_x, cells_y = np.meshgrid(x, y)  # [len(y), len(x)] each
-    fig.add_scatter(x=cells_x.ravel(), y=cells_y.ravel(), customdata=z.ravel(), mode="markers", name="",
-                    marker={"opacity": 0}, showlegend=False,
-                    hovertemplate=f"{x_title} %{{x}}<br>{y_title} %{{y}}<br>{color_title or 'value'} %{{customdata:.4g}}<extra></extra>")
+                               colorbar={"title": {"text": color_title}},
+                               **({"hoverinfo": "skip"} if clickable else {"hovertemplate": hover("z")})))
+    if clickable:
+        # Plotly selects no heatmap cell, so Streamlit's selection events never fire on one: an invisible marker on
+        # every cell is what a click selects (the nearest, at any distance: anywhere in the cell), and what hovers.
+        # Costly to draw (a point per cell), so only where a click means something.
+        cells_x, cells_y = np.meshgrid(x, y)  # [len(y), len(x)] each
+        fig.add_scatter(x=cells_x.ravel(), y=cells_y.ravel(), customdata=z.ravel(), mode="markers", name="",
+                        marker={"opacity": 0}, showlegend=False, hovertemplate=hover("customdata"))
+        fig.update_layout(hoverdistance=-1)
     fig.update_layout(title=_title(title, note), xaxis_title=x_title, yaxis_title=y_title, xaxis_type="category",
-                      yaxis_type="category", hoverdistance=-1, margin={"t": 60, "l": 60, "r": 20, "b": 50})
+                      yaxis_type="category", margin={"t": 60, "l": 60, "r": 20, "b": 50})
     return fig
 
 

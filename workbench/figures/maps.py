@@ -67,7 +67,7 @@ def weight_map(ds: "xr.Dataset", statistic: str, template: str):
     """A layer × step heatmap of one weights statistic for one parameter kind."""
     grid = weight_grid(ds, statistic, template)
     return heatmap(grid.values, steps_of(ds), grid["layer"].values, f"{statistic} of {template}", "step", "layer",
-                   statistic)
+                   statistic, clickable=True)  # a click opens the layer's curves
 
 
 def weight_curves(ds: "xr.Dataset", statistics: list[str], template: str, layer: int):
