@@ -77,10 +77,10 @@ class ShardedWriter:
         from workbench.store import RunWriter
 
         params = self._owned(state)
-        moments = {slot: self._owned({n: s[slot] for n, s in optimizer_state.items()})
-                   for slot in ("exp_avg", "exp_avg_sq")}
+        slots = sorted({slot for s in optimizer_state.values() for slot in s} - {"step"})  # sharded as the parameter
+        moments = {slot: self._owned({n: s[slot] for n, s in optimizer_state.items()}) for slot in slots}
         optimizer = {n: {"step": s["step"] if self.owner[n] == self.world.rank else s["step"].to("meta"),
-                         **{slot: moments[slot][n] for slot in moments}} for n, s in optimizer_state.items()}
+                         **{slot: moments[slot][n] for slot in slots}} for n, s in optimizer_state.items()}
         forks = [None] * self.world.size
         if self.world.main:
             session, forks = self.writer.fork_checkpoint(step, params, optimizer, self.world.size)
