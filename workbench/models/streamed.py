@@ -253,7 +253,7 @@ class StreamedHF(Streamed):
     def __init__(self, checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         import transformers
 
-        from workbench.models.capture import _layout, hooks
+        from workbench.models.capture import _layout
         from workbench.models.views import hf_config
 
         super().__init__(checkpoint, device, dtype)
@@ -264,7 +264,6 @@ class StreamedHF(Streamed):
             self.model = cls._from_config(self.config, attn_implementation="eager", dtype=dtype).eval()
         self.blocks = self.model.get_submodule(self.layout.layers)
         self.n_layers = len(self.blocks)
-        self.hooks = hooks
         names = _store_names(self.model, checkpoint.run.parameter_arrays, self.layout.layers)
         prefix = f"{self.layout.layers}.0."
         self.layer_names = {n.removeprefix(prefix): s for n, s in names.items() if n.startswith(prefix)}
@@ -309,14 +308,14 @@ class StreamedHF(Streamed):
     def _forward(self, batches, wanted=frozenset(), fn=None, caches=None):
         from torch.utils._pytree import tree_map
 
-        from workbench.models.capture import _first, _with_hidden_arg
+        from workbench.models.capture import _first, _with_hidden_arg, hooks
 
         current = [0]  # the batch being applied, for the hooks
 
         def observe(x: torch.Tensor, hook) -> None:
             fn(current[0], hook.name, x)
 
-        with self.hooks(self.model, [(name, observe) for name in sorted(wanted)]):
+        with hooks(self.model, [(name, observe) for name in sorted(wanted)]):
             xs, calls = self._inputs(batches, caches, current)
             for layer, state in self._layers(self._read):
                 block, device = self.blocks[layer], self.layer_device(layer)
