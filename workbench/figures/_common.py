@@ -36,7 +36,7 @@ def heatmap(z, x, y, title: str, x_title: str, y_title: str, color_title: str = 
             note: str = "", clickable: bool = False):
     """A plotly heatmap of `z` [len(y), len(x)] with categorical axes (steps are not evenly spaced); columns are
     thinned evenly beyond `MAX_CELLS` cells, and the title says so. The hover names both axes and the value.
-    `clickable`: a click on a cell selects it (for Streamlit's selection events)."""
+    `clickable`: a click on a cell selects its row (for Streamlit's selection events)."""
     import plotly.graph_objects as go
 
     z = np.asarray(z, dtype=float)
@@ -50,16 +50,14 @@ def heatmap(z, x, y, title: str, x_title: str, y_title: str, color_title: str = 
         return f"{x_title} %{{x}}<br>{y_title} %{{y}}<br>{color_title or 'value'} %{{{value}:.4g}}<extra></extra>"
 
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, zmid=zmid, colorscale="RdBu_r" if zmid is not None else "Viridis",
-                               colorbar={"title": {"text": color_title}},
-                               **({"hoverinfo": "skip"} if clickable else {"hovertemplate": hover("z")})))
+                               colorbar={"title": {"text": color_title}}, hovertemplate=hover("z")))
     if clickable:
-        # Plotly selects no heatmap cell, so Streamlit's selection events never fire on one: an invisible marker on
-        # every cell is what a click selects (the nearest, at any distance: anywhere in the cell), and what hovers.
-        # Costly to draw (a point per cell), so only where a click means something.
-        cells_x, cells_y = np.meshgrid(x, y)  # [len(y), len(x)] each
-        fig.add_scatter(x=cells_x.ravel(), y=cells_y.ravel(), customdata=z.ravel(), mode="markers", name="",
-                        marker={"opacity": 0}, showlegend=False, hovertemplate=hover("customdata"))
-        fig.update_layout(hoverdistance=-1)
+        # Plotly selects no heatmap cell, so Streamlit's selection events never fire on one: an invisible marker per
+        # row, hovered by row (hovermode "y": anywhere in the row), is what a click selects; the cell's own hover
+        # label stays the heatmap's. One point per row, not per cell: a point per cell cost seconds to draw.
+        fig.add_scatter(x=[x[len(x) // 2]] * len(y), y=y, mode="markers", name="", marker={"opacity": 0},
+                        showlegend=False, hoverinfo="none")
+        fig.update_layout(hovermode="y")
     fig.update_layout(title=_title(title, note), xaxis_title=x_title, yaxis_title=y_title, xaxis_type="category",
                       yaxis_type="category", margin={"t": 60, "l": 60, "r": 20, "b": 50})
     return fig
