@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 import xarray as xr
 
 from probes.fit import CrossMoments, accuracy, logistic, macro_f1, ridge
@@ -29,7 +29,9 @@ from workbench.analysis import forward
 from workbench.analysis.base import Analysis, StepContext
 from workbench.analysis.registry import register
 from workbench.errors import UsageError
-from workbench.models.capture import n_layers
+
+if TYPE_CHECKING:
+    import torch
 
 LAYER_HOOKS = ("blocks.0.hook_resid_pre", "blocks.{l}.hook_resid_post")  # the embeddings, then every block's output
 
@@ -42,6 +44,7 @@ class Probes(Analysis):
     reads_tables = ("data/documents", "data/facts")  # the built-in tasks' texts and labels
     dims = ("layer", "task", "class", "dim")
     description = "linear probes of every layer for every task, with control tasks (see probes/analysis.py)"
+    title, page, page_order = "Probes", "apps.dashboard.views.probes", 60
     summary_vars = ("accuracy", "selectivity", "transfer_accuracy")
 
     @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class Probes(Analysis):
                               "--tasks path/to/task.jsonl")
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
+        from workbench.models.capture import n_layers
+
         p = self.params
         seq_len = forward.seq_len(ctx, p.seq_len)
         names = self.task_names(ctx.run)
@@ -148,6 +153,8 @@ class Probe:
     def _examples(self, model, splits: tuple[int, ...], on_layer) -> None:
         """Run the texts holding examples of `splits`; `on_layer(source, example indices, layer, X)` gets each
         layer's features `[example, d_model]` (float64) of the examples in each batch."""
+        import torch
+
         rows, placed = _rows(self.sources, splits, self.seq_len)
         batches = []
         for r0 in range(0, len(rows), self.batch_size):
@@ -166,6 +173,8 @@ class Probe:
         forward.stream_batches(model, batches, LAYER_HOOKS, fn)
 
     def fit(self, model, lambdas, method: str, c: float) -> None:
+        import torch
+
         stats = {s.name: [CrossMoments() for _ in range(self.layers)] for s in self.sources}
         held = {s.name: [[] for _ in range(self.layers)] for s in self.sources} if method == "logistic" else None
 
@@ -185,6 +194,8 @@ class Probe:
 
     def _logistic(self, held, c: float) -> None:
         """Replace each task's ridge weights by the logistic fit's (one "λ": the reference fit has its own C)."""
+        import torch
+
         fitted = {}
         for name, per_layer in held.items():
             source = next(s for s in self.sources if s.name == name)
@@ -337,6 +348,8 @@ def _in_rows(placed, r0: int, r1: int):
 
 def _pool(h: torch.Tensor, row: np.ndarray, start: np.ndarray, end: np.ndarray) -> torch.Tensor:
     """Each example's feature: the mean of `h` `[batch, pos, d]` over its columns [start, end) of its row."""
+    import torch
+
     row_t, end_t = torch.as_tensor(row, device=h.device), torch.as_tensor(end, device=h.device)
     if np.all(end - start == 1):
         return h[row_t, end_t - 1].double().cpu()
@@ -346,6 +359,8 @@ def _pool(h: torch.Tensor, row: np.ndarray, start: np.ndarray, end: np.ndarray) 
 
 
 def _stack(per_layer: list[CrossMoments]) -> CrossMoments:
+    import torch
+
     out = CrossMoments()
     out.n = per_layer[0].n
     out.mean_x = torch.cat([s.mean_x for s in per_layer])

@@ -8,12 +8,14 @@ columns side by side), weights `[layer, d_model, column]`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from workbench.analysis.stats import RunningStat
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CrossMoments(RunningStat):
@@ -27,6 +29,8 @@ class CrossMoments(RunningStat):
 
     def update(self, x, y=None) -> None:
         """`x` `[layer, example, d]`, `y` `[example, column]`."""
+        import torch
+
         x = torch.as_tensor(x).double()
         y = torch.as_tensor(y, device=x.device).double()
         n = x.shape[1]
@@ -62,6 +66,8 @@ class CrossMoments(RunningStat):
 
     @classmethod
     def from_state(cls, state) -> "CrossMoments":
+        import torch
+
         out = cls()
         out.n = int(state["n"])
         for k in ("mean_x", "mean_y", "cxx", "cxy"):
@@ -79,6 +85,8 @@ def ridge(stats: CrossMoments, lambdas) -> tuple[torch.Tensor, torch.Tensor]:
     S the features' standard deviations (ridge on standardised features), from the centred statistics (one
     Cholesky factorisation per layer and λ, every column solved at once). Returns W `[λ, layer, d, column]` and
     b `[λ, layer, column]` (float64), for the features as they are."""
+    import torch
+
     eye = torch.eye(stats.cxx.shape[-1], dtype=stats.cxx.dtype, device=stats.cxx.device)
     # on standardised features (each dimension scaled to unit variance): the penalty then weighs every dimension
     # alike, however large some dimensions of a residual stream are
@@ -100,6 +108,8 @@ def logistic(x: torch.Tensor, labels: torch.Tensor, n_classes: int, c: float = 1
     C·Σ −log softmax(xW + b)[label] + ½‖W‖² (scikit-learn's objective for `LogisticRegression(C=c)`), by L-BFGS
     on the layers' summed objectives (they are independent). `x` `[layer, example, d]`, `labels` `[example]`;
     `init` = (W `[layer, d, class]`, b `[layer, class]`), e.g. from ridge. Returns (W, b)."""
+    import torch
+
     x = x.double()
     layers, _, d = x.shape
     w = torch.zeros(layers, d, n_classes, dtype=torch.float64) if init is None else init[0].double().clone()

@@ -10,7 +10,6 @@ import os
 
 from workbench import store
 from workbench.models.config_check import check_against_config
-from workbench.models.roles import parameter_roles
 
 
 class Checkpoint(store.Checkpoint):
@@ -50,7 +49,11 @@ class Run(store.Run):
     @property
     def parameter_roles(self) -> dict | None:
         """The run's recorded parameter roles or, for a run made before they were recorded, its model config's."""
-        return super().parameter_roles or parameter_roles(self.model_config)
+        if recorded := super().parameter_roles:
+            return recorded
+        from workbench.models.roles import parameter_roles  # imports torch (through training.model)
+
+        return parameter_roles(self.model_config)
 
     def analyze(self, names=None, steps=None, workers: int | None = None, scheduler: str | None = None,
                 progress: bool = True, **options) -> dict[str, list[int]]:
@@ -84,6 +87,8 @@ def create(location: str | os.PathLike, model_config: dict, tokenizer=None, trai
     `tokenizer` is a `tokenizers.Tokenizer`, its JSON text, or a path to a tokenizer.json; `layout` says how its
     tensors are stored (`workbench.store.Layout`: sharded and uncompressed by default). The parameter roles of
     the config's architecture (`workbench.models.roles`) are recorded with it."""
+    from workbench.models.roles import parameter_roles
+
     store.create(location, model_config, tokenizer=tokenizer, train_config=train_config, layout=layout,
                  roles=parameter_roles(model_config))
     return RunWriter(location)

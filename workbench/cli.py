@@ -306,11 +306,28 @@ def tokenizer_stats(run: RunArg):
         typer.echo(f"{domain:>8}  {cpt:.2f} characters/token")
 
 
-@app.command("analyze")
+class AnalyzeCommand(typer.core.TyperCommand):
+    """`wb analyze`, whose help lists the registered analyses (built-in and plugins', imported to show it), one
+    line each."""
+
+    def format_help(self, ctx, formatter) -> None:
+        import textwrap
+
+        from rich.markup import escape
+
+        from workbench.analysis import registry
+
+        self.epilog = "Analyses (--only):\n" + "\n".join(
+            f"{name:<13} {escape(textwrap.shorten(cls.description, 64, placeholder=' …'))}"
+            for name, cls in registry().items())
+        super().format_help(ctx, formatter)
+
+
+@app.command("analyze", cls=AnalyzeCommand)
 @expected_errors
 def analyze_cmd(
     run: RunArg,
-    only: Annotated[Optional[str], typer.Option("--only", help="analyses to run, comma-separated (default: all)")] = None,
+    only: Annotated[Optional[str], typer.Option("--only", help="analyses to run, comma-separated (default: all; listed below)")] = None,
     steps: Annotated[Optional[str], typer.Option(help="start:stop:stride over step values (0:20000:1000) or a list (0,1000)")] = None,
     workers: Annotated[Optional[int], typer.Option(help="local worker processes (default: cores and memory allow; 0: no Dask)")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="address of an existing dask.distributed scheduler")] = None,

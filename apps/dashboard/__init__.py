@@ -1,2 +1,3 @@
 """The Streamlit dashboard (`wb dashboard RUN ...`): `app.py` is the entrypoint, `views/` one file per page,
-`state.py` the selection and the cached data they share. Figures come from `workbench.figures`."""
+`generic.py` the page of an analysis without a file of its own, `state.py` the selection and the cached data they
+share. Figures come from `workbench.figures`."""

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import streamlit as st
 
 if TYPE_CHECKING:
@@ -16,19 +17,38 @@ if TYPE_CHECKING:
 
     from workbench.api import Run
 
+FOLLOW_EVERY_S = 5  # how often "follow new checkpoints" looks for a new commit
+
+
+@dataclass(frozen=True)
+class Axes:
+    """How every figure over training is drawn."""
+
+    log_step: bool = True  # steps (or tokens) on a log axis
+    tokens: bool = False  # over the tokens seen by each step instead of steps
+    difference: bool = False  # several runs' maps as differences from the first run's, not side by side
+
+
 @dataclass(frozen=True)
 class Selection:
-    """The sidebar's choice: runs (the first is the one most pages show), steps A and B, the step axis."""
+    """The sidebar's choice: runs (the first is the one pages of one run show), steps A and B, the step axis."""
 
     runs: tuple["Run", ...]
     steps: tuple[int, ...]  # the first run's checkpoints and result steps
     step: int | None  # A
     step_b: int | None  # B
-    log_step: bool = True  # curves over steps on a log axis
+    axes: Axes = Axes()
 
     @property
     def run(self) -> "Run":
         return self.runs[0]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """A short label per run location (the same in every figure)."""
+        from workbench.figures.runs import run_labels
+
+        return run_labels([r.location for r in self.runs])
 
 
 def started_runs() -> list[str]:
@@ -41,6 +61,18 @@ def _repository(location: str):
     from workbench.store.storage import open_repository
 
     return open_repository(location)
+
+
+def follow(runs: list["Run"]) -> None:
+    """Rerun the app as soon as any of `runs` has a newer commit than the one shown (checked every
+    `FOLLOW_EVERY_S` seconds, in a fragment: nothing else reruns while nothing changed)."""
+
+    @st.fragment(run_every=FOLLOW_EVERY_S)
+    def check() -> None:
+        if any(snapshot(r.location) != r.snapshot for r in runs):
+            st.rerun()
+
+    check()
 
 
 def snapshot(location: str) -> str:
@@ -99,6 +131,40 @@ def weight_distances(run: "Run", a: int, b: int) -> "pd.DataFrame":
     return _weight_distances(run.location, run.snapshot, a, b)
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _memorization_examples(location: str, snapshot_id: str, step: int, kind: str | None) -> "pd.DataFrame":
+    from workbench.figures import memorization_examples
+
+    return memorization_examples(run_at(location, snapshot_id), _results(location, snapshot_id, "memorization"), step,
+                                 kind)
+
+
+def memorization_examples(run: "Run", step: int, kind: str | None = None) -> "pd.DataFrame":
+    """`workbench.figures.memorization_examples` of the run's memorisation results, once per (run, snapshot,
+    step, kind): decoding them takes a quarter of a second."""
+    return _memorization_examples(run.location, run.snapshot, step, kind)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _tokens_seen(location: str, snapshot_id: str) -> "tuple[np.ndarray, np.ndarray] | None":
+    m = _metrics(location, snapshot_id)
+    if m is None or "tokens" not in m:
+        return None
+    steps, seen = m.index.to_numpy(dtype=float), m["tokens"].to_numpy(dtype=float)
+    return (np.r_[0.0, steps], np.r_[0.0, seen]) if not len(steps) or steps[0] > 0 else (steps, seen)
+
+
+def tokens_seen(run: "Run") -> "tuple[np.ndarray, np.ndarray] | None":
+    """(steps, tokens seen by each) from the training metrics; None for an imported run."""
+    return _tokens_seen(run.location, run.snapshot)
+
+
+def per_run(name: str) -> "dict[str, xr.Dataset]":
+    """The results `name` of every open run that has them, by run label."""
+    sel = selection()
+    return {sel.labels[r.location]: ds for r in sel.runs if (ds := results(r, name)) is not None}
+
+
 def steps_of(run: "Run") -> list[int]:
     """Every step the run has a checkpoint or a result for, sorted."""
     steps = set(run.steps)
@@ -128,19 +194,53 @@ def choose(label: str, options: list, key: str, default=None, where=st, format_f
 
 
 def chart(fig, key: str, where=st, **kwargs):
-    """A figure as every page shows it: over steps, on the sidebar's step axis (log or linear) with step A marked
-    (dashed); the data behind it as a CSV download below. Returns `st.plotly_chart`'s event (with `on_select`)."""
+    """A figure as every page shows it: over steps, step A marked (dashed), on the sidebar's step axis (steps or
+    tokens, log or linear); the data behind it as a CSV download below. Returns `st.plotly_chart`'s event (with
+    `on_select`)."""
     import workbench.figures as wf
+    from workbench.figures.runs import tokens_axis
 
     sel = selection()
-    if sel.log_step:
-        wf.log_step_axis(fig)
     if sel.step is not None:
         wf.mark_step(fig, sel.step)
+    if sel.axes.tokens:
+        seen = {sel.labels[r.location]: tokens_seen(r) for r in sel.runs}
+        tokens_axis(fig, seen, sel.labels[sel.run.location])
+    if sel.axes.log_step:
+        wf.log_step_axis(fig)
     event = where.plotly_chart(fig, key=key, **kwargs)
     where.download_button("data (CSV)", wf.figure_data(fig).to_csv(index=False), file_name=f"{key}.csv",
                           mime="text/csv", key=f"{key}-csv")
     return event
+
+
+def runs_chart(name: str, make, key: str, where=st, **kwargs):
+    """`make(results)` for every open run with results `name`, as one chart (`chart`): one run's figure as it
+    is; several runs' curves overlaid, their maps side by side or as differences from the first (the sidebar's
+    choice). A run whose results lack what `make` asks for is named in a caption and left out."""
+    from workbench.figures.runs import overlay, side_by_side
+
+    figs, lacking = {}, []
+    for label, ds in per_run(name).items():
+        try:
+            figs[label] = make(ds)
+        except KeyError:
+            lacking.append(label)
+    if lacking:
+        where.caption(f"not in {', '.join(lacking)}: their results lack this view")
+    if not figs:
+        return None
+    maps = any(t.type == "heatmap" for fig in figs.values() for t in fig.data)
+    fig = side_by_side(figs, selection().axes.difference) if maps else overlay(figs)
+    return chart(fig, key, where, **kwargs)
+
+
+def one_run_caption(what: str = "this view") -> None:
+    """With several runs open, say which one a view of one run shows and how to show another."""
+    sel = selection()
+    if len(sel.runs) > 1:
+        st.caption(f"{what} shows {sel.labels[sel.run.location]}, the first run in the sidebar: put another first "
+                   "to see that one.")
 
 
 def pick(key: str, value) -> None:

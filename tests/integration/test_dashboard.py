@@ -10,6 +10,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
@@ -33,9 +34,17 @@ def app(monkeypatch, *runs, view: str | None = None, **params) -> AppTest:
     fresh = AppTest.from_file(str(APP), default_timeout=120)  # a new session opening the URL
     fresh.query_params.update({k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in params.items()})
     if view is not None and view != "overview":
-        fresh._registered_pages = at._registered_pages
-        fresh.switch_page(f"views/{view}.py")
+        if (APP.parent / "views" / f"{view}.py").is_file():
+            fresh._registered_pages = at._registered_pages
+            fresh.switch_page(f"views/{view}.py")
+        else:  # a page without a file in views/ (an analysis' generic page, a plugin's): by the URL's ?page=
+            fresh.query_params["page"] = view
     return fresh.run()
+
+
+def navigation(at: AppTest) -> list[tuple[str, str]]:
+    """The pages of the navigation as (URL path, title), in order."""
+    return [(p["url_pathname"], p["page_name"]) for p in at._registered_pages.values()]
 
 
 def charts(at: AppTest) -> list[dict]:
@@ -52,7 +61,7 @@ def values(v) -> np.ndarray:
 
 def titled(at: AppTest, words: str) -> dict:
     """The first chart whose title holds `words`."""
-    return next(c for c in charts(at) if words in c["layout"]["title"]["text"])
+    return next(c for c in charts(at) if words in c["layout"]["title"]["text"].replace("<br>", " "))
 
 
 def texts(at: AppTest) -> str:
@@ -143,6 +152,8 @@ def test_memorisation_and_compare_pages(analysed_run, monkeypatch):
     np.testing.assert_allclose(shown["token match"].values,
                                mem["token_match"].sel(step=30).values[mem["kind"].values == "sample"], rtol=1e-12)
     assert (shown["kind"] == "sample").all()
+    (link,) = at.get("page_link")  # to the example's document on the Data page, keeping the step
+    assert parse_qs(link.proto.query_string)["step"] == ["30"] and "doc" in parse_qs(link.proto.query_string)
     at = app(monkeypatch, analysed_run, view="compare", step=30, step_b=5, analysis="lens")
     assert at.title[0].value == "Compare step A = 30 with step B = 5"  # A and B as the sidebar and Tokens name them
     table = at.dataframe[0].value.set_index(["row", "variable"])
@@ -259,13 +270,29 @@ def test_an_imported_run_shows_what_it_has(monkeypatch, tmp_path, hf_state_dicts
     assert "training corpus" in texts(app(monkeypatch, path, view="data"))
 
 
+def test_tokens_of_a_run_without_a_tokenizer_is_a_notice(monkeypatch, tmp_path, analysed_run):
+    """Loss results in a run that stores no tokenizer (results written by other means): Tokens says it cannot
+    decode them, and the other pages draw them."""
+    from workbench.analysis import registry
+    from workbench.analysis.results import analysis_attrs
+    from workbench.store.results import Update
+
+    loss = workbench.open(analysed_run).results("loss").load()
+    path = tmp_path / "no-tokenizer"
+    writer = workbench.create(path, model_config=workbench.open(analysed_run).model_config)
+    writer.write_results({"loss": Update(loss, analysis_attrs(registry()["loss"](), None), "held-out loss")}, "loss")
+    at = app(monkeypatch, path, view="tokens")
+    assert not at.exception and "stores no tokenizer" in texts(at)
+    assert not app(monkeypatch, path).exception
+
+
 def test_several_runs_overlay_their_curves(analysed_run, tmp_path, monkeypatch):
     import shutil
 
     other = shutil.copytree(analysed_run, tmp_path / "second")
     at = app(monkeypatch, analysed_run, other, run=[str(analysed_run), str(other)])
     names = {t["name"] for t in titled(at, "training loss")["data"]}
-    assert names == {str(analysed_run), str(other), f"step A = {workbench.open(analysed_run).steps[-1]}"}
+    assert names == {"run", "second", f"step A = {workbench.open(analysed_run).steps[-1]}"}  # runs by name
     table = at.dataframe[0].value  # the runs table comes first
     assert table["location"].tolist() == [str(analysed_run), str(other)]
     assert table["last step"].tolist() == [workbench.open(analysed_run).steps[-1]] * 2
@@ -276,8 +303,41 @@ def test_the_page_can_be_named_in_the_query(analysed_run, monkeypatch):
     assert not at.exception and "no page 'nowhere'" in " ".join(w.value for w in at.warning)
 
 
+def test_the_navigation_has_a_page_per_registered_analysis(analysed_run, monkeypatch):
+    """Overview, then the analyses' pages (each brought by its analysis: `title`, `page`, `page_order`), then the
+    pages of the run's data."""
+    assert navigation(app(monkeypatch, analysed_run)) == [
+        ("", "Overview"), ("weights", "Weights"), ("activations", "Activations"), ("lens", "Logit lens"),
+        ("similarity", "Similarity"), ("memorization", "Memorisation"), ("probes", "Probes"),
+        ("evaluation", "Evaluation"), ("tokens", "Tokens"), ("data", "Data"), ("compare", "Compare"),
+        ("other", "Other analyses")]
+
+
+def test_an_analysis_brings_its_own_page(analysed_run, tmp_path, monkeypatch):
+    """An analysis naming a Streamlit script as its `page` (a plugin's module) gets that page, titled `title`."""
+    from workbench.analysis import Analysis, register, unregister
+
+    (tmp_path / "test_norms_page.py").write_text(
+        "import streamlit as st\nfrom apps.dashboard import state\n\n"
+        "st.title(f'norms of {state.selection().run.location}')\n")
+    monkeypatch.syspath_prepend(tmp_path)
+
+    @register
+    class Norms(Analysis):
+        name, kind, title, page = "test_norms", "weights", "Norms", "test_norms_page"
+
+    try:
+        at = app(monkeypatch, analysed_run, view="test_norms_page")
+        assert not at.exception, at.exception
+        assert ("test_norms_page", "Norms") in navigation(at)
+        assert at.title[0].value == f"norms of {analysed_run}"
+    finally:
+        unregister("test_norms")
+
+
 def test_another_analysis_gets_a_generic_page(analysed_run, tmp_path, monkeypatch):
-    """An analysis the dashboard does not know (a plugin's) is browsable through its own `plot` and `summary`."""
+    """An analysis without a page script (a plugin's) gets a page of its own, of its `figure` and `summary`, after
+    the built-ins; once it is not installed, its stored results are on "Other analyses"."""
     import shutil
     from dataclasses import dataclass
 
@@ -299,12 +359,18 @@ def test_another_analysis_gets_a_generic_page(analysed_run, tmp_path, monkeypatc
     try:
         path = shutil.copytree(analysed_run, tmp_path / "plugin")
         analyze(path, ["test_norms"], workers=0, progress=False)
-        at = app(monkeypatch, path, view="other", step=30)
+        at = app(monkeypatch, path, view="test_norms", step=30)
         assert not at.exception
+        assert navigation(at)[8:10] == [("tokens", "Tokens"), ("test_norms", "test_norms")]
         want = workbench.open(path).results("test_norms")["up_norm"].mean("layer").values
         np.testing.assert_allclose(values(titled(at, "test_norms")["data"][0]["y"]), want, rtol=1e-12)
+        np.testing.assert_allclose(values(titled(at, "test_norms at step 30")["data"][0]["y"]),
+                                   workbench.open(path).results("test_norms")["up_norm"].sel(step=30).values, rtol=1e-12)
     finally:
         unregister("test_norms")
+    at = app(monkeypatch, path, view="other", step=30)
+    assert "test_norms" not in dict(navigation(at)) and not at.exception
+    np.testing.assert_allclose(values(titled(at, "test_norms")["data"][0]["y"]), want, rtol=1e-12)
 
 
 def test_probes_page_maps_accuracy_and_selectivity_per_task(analysed_run, monkeypatch):

@@ -93,9 +93,12 @@ def open_page(browser, url: str, requests: list[str] | None = None):
 
 
 def settle(page) -> None:
-    """Wait until the script run is over (Streamlit shows its status widget while running)."""
+    """Wait until the script run is over: the app's script state says so (the status widget shows only once a run
+    has lasted a moment, so its absence alone is no sign)."""
     page.wait_for_timeout(500)
-    page.wait_for_function("!document.querySelector('[data-testid=stStatusWidget]')", timeout=60_000)
+    page.wait_for_function("document.querySelector('[data-test-script-state]')?.getAttribute('data-test-script-state')"
+                           " === 'notRunning' && !document.querySelector('[data-testid=stStatusWidget]')",
+                           timeout=60_000)
     page.wait_for_timeout(300)
 
 
@@ -111,6 +114,30 @@ def test_every_page_renders_without_an_exception_and_asks_only_this_machine(brow
     assert len(list(tmp_path.glob("*.png"))) == len(PAGES)
     assert asked and all(urlparse(u).hostname == "127.0.0.1" for u in asked if not u.startswith("data:")), \
         sorted({u for u in asked if urlparse(u).hostname != "127.0.0.1"})
+
+
+def test_two_runs_on_every_page(browser, analysed_run, tmp_path):
+    """With two runs open, every page of results draws both (maps side by side under each run's name, curves with
+    both in the legend), and pages of one run name the run they show."""
+    second = shutil.copytree(analysed_run, tmp_path / "second")
+    dash = Dashboard(analysed_run, second)
+    try:
+        for name in PAGES:
+            url = f"{dash.url}/{name}{'&' if '?' in name else '?'}run={analysed_run}&run={second}"
+            page = open_page(browser, url)
+            assert page.query_selector("[data-testid=stException]") is None, page.inner_text("body")[:2000]
+            main = page.inner_text("[data-testid=stMain]")
+            if name.split("?")[0] in ("tokens", "data", "compare"):
+                assert "shows run, the first run in the sidebar" in main, name
+            elif name not in ("", "other"):
+                page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+                drawn = page.locator(".js-plotly-plot text").all_text_contents()  # subplot titles and legends
+                for run in ("run", "second"):
+                    assert any(t == run or t.startswith(f"{run} · ") for t in drawn), (name, run, drawn)
+            page.close()
+    finally:
+        code, out = dash.stop()
+    assert code == 0, out
 
 
 def choose(page, label: str, option: str) -> None:
@@ -163,17 +190,20 @@ def test_unknown_step_or_page_in_the_url_is_a_notice(browser, served):
     page.close()
 
 
-def test_new_checkpoints_appear_after_a_refresh(browser, analysed_run, tmp_path):
+def test_new_checkpoints_appear_by_themselves_when_followed_else_after_a_refresh(browser, analysed_run, tmp_path):
     path = shutil.copytree(analysed_run, tmp_path / "growing")
     dash = Dashboard(path)
+    sidebar = "[data-testid=stSidebar]"
     try:
-        page = open_page(browser, dash.url)
-        assert "7 checkpoints" in page.locator("[data-testid=stSidebar]").inner_text()
+        following = open_page(browser, f"{dash.url}/?follow=true")
+        idle = open_page(browser, dash.url)
+        assert "7 checkpoints" in following.locator(sidebar).inner_text()
         run = workbench.open(path)
         workbench.RunWriter(path).write_checkpoint(35, run.checkpoint(30).state_dict())  # as a trainer would
-        page.reload()
-        page.wait_for_selector("[data-testid=stSidebar] >> text=/8 checkpoints/", timeout=60_000)
-        page.close()
+        following.wait_for_selector(f"{sidebar} >> text=/8 checkpoints/", timeout=60_000)  # no reload
+        assert "7 checkpoints" in idle.locator(sidebar).inner_text()  # opt-in: the other view stays as it was
+        idle.reload()
+        idle.wait_for_selector(f"{sidebar} >> text=/8 checkpoints/", timeout=60_000)
     finally:
         code, out = dash.stop()
     assert code == 0, out

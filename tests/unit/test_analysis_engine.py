@@ -25,6 +25,7 @@ class Echo(Analysis):
 
     name = "test_echo"
     kind = "weights"
+    description = "the sum of lm_head [times scale]"
 
     @dataclass(frozen=True)
     class Params:
@@ -108,6 +109,17 @@ def test_unknown_analysis_lists_the_valid_ones(run_path):
     assert code == 2 and out.count("\n") == 1 and "unknown analysis 'nope'" in out and "weights" in out
     with pytest.raises(UsageError, match="has no parameter 'scal'; its parameters: scale"):
         analyze(run_path, ["test_echo"], params={"test_echo": {"scal": 2}}, workers=0)
+
+
+def test_analyze_help_lists_the_registered_analyses():
+    """`wb analyze --help` lists every registered analysis (a plugin's too) with its description, one line each."""
+    from workbench.analysis import registry
+
+    code, out = wb("analyze", "--help")
+    lines = [line.strip() for line in out.splitlines()]
+    assert code == 0 and "test_echo     the sum of lm_head [times scale]" in lines  # as written, not rich markup
+    for name, cls in registry().items():
+        assert any(line.split()[:3] == [name, *cls.description.split()[:2]] for line in lines), name
 
 
 def test_step_choice():

@@ -45,7 +45,8 @@ def test_weight_map_draws_the_statistic_of_each_layer_at_each_step():
     assert wf.weight_kinds(ds) == TEMPLATES  # stacked kinds first
     fig = wf.weight_map(ds, "frobenius_norm", TEMPLATES[0])
     np.testing.assert_array_equal(z_of(fig), ds["frobenius_norm"].values[:, :2].T)  # [layer, step]
-    assert list(fig.data[0].x) == [str(s) for s in STEPS] and list(fig.data[0].y) == ["0", "1"]
+    assert list(fig.data[0].x) == STEPS.tolist() and list(fig.data[0].y) == ["0", "1"]  # steps on their own scale
+    assert fig.layout.xaxis.type == "linear" and fig.layout.yaxis.type == "category"
     one = wf.weight_map(ds, "spectral_norm", "lm_head.weight")
     np.testing.assert_array_equal(z_of(one), -ds["frobenius_norm"].values[:, 2:].T)
     curves = wf.weight_curves(ds, ["frobenius_norm", "spectral_norm"], TEMPLATES[0], 1)
@@ -220,8 +221,9 @@ def test_step_zero_sits_at_one_place_on_a_log_axis_for_every_run():
     np.testing.assert_array_equal(xs["early"][1:], [1, 10])
     assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.ticktext[0] == "0"
     assert fig.layout.xaxis.tickvals[0] == _common.STEP0_ON_LOG
-    heat = wf.layer_step_map(activations_ds(), "attn_entropy")
-    assert wf.log_step_axis(heat).layout.xaxis.type == "category"  # heatmaps: columns stay as they are
+    heat = wf.log_step_axis(wf.layer_step_map(activations_ds(), "attn_entropy"))  # maps: the same axis
+    assert heat.layout.xaxis.type == "log"
+    np.testing.assert_array_equal(heat.data[0].x, [_common.STEP0_ON_LOG, *STEPS[1:]])
 
 
 def test_the_step_is_marked_on_curves_and_heatmaps_and_the_data_is_what_is_drawn():
@@ -233,12 +235,128 @@ def test_the_step_is_marked_on_curves_and_heatmaps_and_the_data_is_what_is_drawn
     assert list(marker.y) == [y.min(), y.max()]
     grid = wf.mark_step(wf.weight_map(ds, "frobenius_norm", TEMPLATES[0]), 30)
     (column,) = [t for t in grid.data if t.name == "step A = 30"]
-    assert list(column.x) == ["30", "30"] and list(column.y) == ["0", "1"]
+    assert list(column.x) == [30, 30] and list(column.y) == ["0", "1"]
     assert len(wf.mark_step(wf.weight_map(ds, "frobenius_norm", TEMPLATES[0]), 31).data) == 2  # no such column
     data = wf.figure_data(grid)  # the heatmap's cells, once (not its click layer or the marker)
     assert len(data) == len(STEPS) * 2 and set(data.columns) == {"trace", "x", "y", "z"}
-    cell = data[(data["x"] == "30") & (data["y"] == "1")]
+    cell = data[(data["x"] == 30) & (data["y"] == "1")]
     assert float(cell["z"].iloc[0]) == 1000 * 2 + 10
     lines = wf.figure_data(curves)
     assert lines["trace"].tolist() == ["frobenius_norm"] * len(STEPS)
     np.testing.assert_array_equal(lines["y"], y)
+
+
+def test_values_spanning_decades_get_a_log_y_axis():
+    steps = np.arange(4)
+    wide = _common.lines({"gap": (steps, [1e-4, 1e-3, 1e-2, 0.5])}, "t", "gap")
+    assert wide.layout.yaxis.type == "log" and wide.layout.yaxis.title.text == "gap (log)"
+    for narrow in ([1.0, 2.0, 50.0, 100.0], [-1.0, 1.0, 10.0, 1e4]):  # under 1e3 apart, or not all positive
+        assert _common.lines({"x": (steps, narrow)}, "t", "x").layout.yaxis.type is None
+
+
+def two_runs_heldout():
+    domains = ["en", "ja"]
+    loss = np.arange(len(STEPS) * 2, dtype=float).reshape(len(STEPS), 2) + 1
+    first = xr.Dataset({"loss": (("step", "domain"), loss)}, coords={"step": STEPS, "domain": domains})
+    return first, first.assign(loss=first["loss"] * 2)
+
+
+def test_overlaid_runs_keep_one_colour_per_run_and_one_dash_per_series():
+    a, b = two_runs_heldout()
+    fig = wf.overlay({"a": wf.heldout_loss_figure(a), "b": wf.heldout_loss_figure(b)})
+    palette = wf.runs.palette()
+    assert [t.name for t in fig.data] == ["a · en", "a · ja", "b · en", "b · ja"]
+    assert [t.line.color for t in fig.data] == [palette[0]] * 2 + [palette[1]] * 2
+    assert [t.line.dash for t in fig.data] == ["solid", "dash"] * 2
+    for t, (ds, domain) in zip(fig.data, [(a, "en"), (a, "ja"), (b, "en"), (b, "ja")]):
+        np.testing.assert_array_equal(t.y, ds["loss"].sel(domain=domain).values)
+    assert wf.run_labels(["/x/demo", "/y/demo", "/z/other/"]) == {"/x/demo": "/x/demo", "/y/demo": "/y/demo",
+                                                                  "/z/other/": "other"}
+
+
+def test_runs_maps_side_by_side_share_one_colour_scale_or_show_differences():
+    ds = weights_ds()
+    later = ds.assign(frobenius_norm=ds["frobenius_norm"] * 3)
+    maps = {name: wf.weight_map(d, "frobenius_norm", TEMPLATES[0]) for name, d in (("a", ds), ("b", later))}
+    both = wf.side_by_side(dict(maps))
+    cells = [t for t in both.data if t.type == "heatmap"]
+    assert [c.xaxis for c in cells] == ["x", "x2"] and all(c.coloraxis == "coloraxis" for c in cells)
+    a_values = ds["frobenius_norm"].values[:, :2]
+    assert (both.layout.coloraxis.cmin, both.layout.coloraxis.cmax) == (a_values.min(), 3 * a_values.max())
+    marked = wf.mark_step(both, 30)  # step A on every map
+    assert [t.xaxis for t in marked.data if t.name == "step A = 30"] == ["x", "x2"]
+    maps = {name: wf.weight_map(d, "frobenius_norm", TEMPLATES[0]) for name, d in (("a", ds), ("b", later))}
+    diff = wf.side_by_side(maps, difference=True)
+    (cell,) = [t for t in diff.data if t.type == "heatmap"]
+    np.testing.assert_array_equal(cell.z, 2 * a_values.T)  # b − a
+    assert diff.layout.coloraxis.cmid == 0 and "b − a" in [a.text for a in diff.layout.annotations]
+    shorter = wf.weight_map(ds.isel(step=slice(0, 3)), "frobenius_norm", TEMPLATES[0])
+    apart = wf.side_by_side({"a": wf.weight_map(ds, "frobenius_norm", TEMPLATES[0]), "b": shorter}, difference=True)
+    assert np.isnan(np.asarray(apart.data[0].z, dtype=float)).all()  # other steps: not comparable, not wrong
+
+
+def test_a_figure_over_steps_redrawn_over_each_runs_tokens():
+    a, b = two_runs_heldout()
+    fig = wf.overlay({"a": wf.heldout_loss_figure(a), "b": wf.heldout_loss_figure(b)})
+    seen = {"a": (STEPS, STEPS * 512), "b": (np.array([0, 100]), np.array([0, 100 * 2048]))}
+    wf.tokens_axis(fig, seen, first="a")
+    np.testing.assert_array_equal(fig.data[0].x, STEPS * 512)
+    np.testing.assert_array_equal(fig.data[2].x, STEPS * 2048)  # interpolated: b's batches hold 2048 tokens
+    assert fig.layout.xaxis.title.text == "tokens" and wf.log_step_axis(fig).layout.xaxis.type == "log"
+    imported = wf.tokens_axis(wf.overlay({"a": wf.heldout_loss_figure(a), "c": wf.heldout_loss_figure(b)}),
+                              {"a": seen["a"], "c": None}, first="a")
+    assert [t.name for t in imported.data] == ["a · en", "a · ja"] and "no tokens recorded for c" in \
+        imported.layout.title.text
+
+
+def test_long_titles_wrap_instead_of_being_cut():
+    title = "kl: mean KL(final distribution || logit lens of the block's output) [nats], per layer and step"
+    fig = _common.heatmap(np.zeros((2, 2)), [0, 1], [0, 1], title, "step", "layer", note="a note")
+    *rows, note = fig.layout.title.text.split("<br>")
+    assert all(len(r) <= _common.TITLE_WIDTH for r in rows) and " ".join(rows) == title and note == "<sup>a note</sup>"
+    assert fig.layout.margin.t > _common.lines({}, "short", "y").layout.margin.t  # room for every line
+
+
+def memorization_ds() -> xr.Dataset:
+    """Memorisation-like results: 3 canaries (1, 1 and 4 copies in the corpus) and one sampled sequence."""
+    match = np.array([[0.0, 0.5, 0.25, 1.0], [0.5, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.5], [1.0, 0.5, 1.0, 1.0]])
+    per_sequence = {v: (("step", "sequence"), match, {"description": v}) for v in ("exact_match", "times_seen",
+                                                                                    "steps_since_seen")}
+    return xr.Dataset({**per_sequence, "token_match": (("step", "sequence"), match, {"description": "match"})},
+                      coords={"step": STEPS, "sequence": np.arange(4), "kind": ("sequence", ["canary"] * 3 + ["sample"]),
+                              "copies": ("sequence", [1, 1, 4, 0])})
+
+
+def test_an_analysis_draws_its_results_with_its_own_figure():
+    """`results_figure` (`wb results --plot`, the generic dashboard page) is the analysis' `figure`: by default its
+    summary table drawn (lines over the steps, bars at one); memorisation over the steps as the canaries' map."""
+    from workbench.analyses.memorization import Memorization
+    from workbench.analysis import Analysis
+
+    ds = weights_ds()
+    over_steps = wf.results_figure("not_installed", ds, title="t")
+    assert over_steps.to_dict() == Analysis.figure(ds, title="t").to_dict()
+    np.testing.assert_array_equal(over_steps.data[0].y, ds["frobenius_norm"].mean("param").values)
+    at_step = wf.results_figure("not_installed", ds, 30)
+    assert at_step.data[0].type == "bar"
+    np.testing.assert_array_equal(at_step.data[0].y, ds["frobenius_norm"].sel(step=30).values)
+    mem = memorization_ds()
+    canaries = wf.results_figure("memorization", mem, title="m")
+    assert canaries.to_dict() == Memorization.figure(mem, title="m").to_dict()
+    np.testing.assert_array_equal(z_of(canaries), [mem["token_match"].values[:, :2].mean(1),
+                                                   mem["token_match"].values[:, 2]])  # [copies, step]
+    assert list(canaries.data[0].y) == ["1", "4"] and canaries.layout.title.text == "m"
+    assert Memorization.figure(mem, 30).data[0].type == "bar"  # one step: its sequences
+    samples = mem.where(mem["kind"] == "sample", drop=True)
+    np.testing.assert_array_equal(Memorization.figure(samples).data[0].y, samples["exact_match"].values[:, 0])
+
+
+def test_several_statistics_of_a_matrix_get_a_panel_each_with_step_a_on_every_panel():
+    ds = weights_ds()
+    fig = wf.mark_step(wf.weight_curves(ds, ["frobenius_norm", "spectral_norm"], TEMPLATES[0], 1), 30)
+    curves = [t for t in fig.data if t.name != "step A = 30"]
+    assert [t.yaxis for t in curves] == ["y", "y2"]  # each statistic on its own scale
+    markers = [t for t in fig.data if t.name == "step A = 30"]
+    y = ds["frobenius_norm"].sel(param="model.layers.1.mlp.up_proj.weight").values
+    assert [(m.yaxis, list(m.y)) for m in markers] == [("y", [y.min(), y.max()]), ("y2", [-y.max(), -y.min()])]
+    assert wf.log_step_axis(fig).layout.xaxis2.type == "log"

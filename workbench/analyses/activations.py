@@ -19,14 +19,17 @@ forward pass (no activation is kept):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 import xarray as xr
 
 from workbench.analysis import forward, stats
 from workbench.analysis.base import Analysis, StepContext
 from workbench.analysis.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 HOOKS = ("blocks.{l}.hook_resid_post", "blocks.{l}.mlp.hook_pre", "blocks.{l}.attn.hook_pattern")
 
@@ -41,6 +44,8 @@ class LayerStats:
         self.entropy, self.sink = stats.Mean(), stats.Mean()
 
     def update(self, hook: str, x: torch.Tensor, first: int) -> None:
+        import torch
+
         if hook == "hook_resid_post":  # [batch, pos, d_model]
             x = x.flatten(0, 1).float()
             ids = torch.arange(first, first + x.shape[0], device=x.device)  # evaluation token indices
@@ -71,6 +76,7 @@ class Activations(Analysis):
                     "sink_mass")
     description = ("residual-stream norm and kurtosis, massive activations, dead MLP units, attention entropy "
                    "and sink mass per layer (see workbench/analyses/activations.py)")
+    title, page, page_order = "Activations", "apps.dashboard.views.activations", 20
 
     @dataclass(frozen=True)
     class Params(forward.EvalParams):
@@ -78,6 +84,8 @@ class Activations(Analysis):
         rare_below: float = 0.01
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
+        import torch
+
         p = self.params
         model = ctx.model(streamable=True)
         layers: dict[int, LayerStats] = {}
@@ -93,6 +101,8 @@ class Activations(Analysis):
 
     def dataset(self, layers: list[LayerStats], batches: list[forward.Batch]) -> xr.Dataset:
         """The Dataset of per-layer statistics (merged over any batches or partitions)."""
+        import torch
+
         p = self.params
         s2 = torch.stack([s.square.mean for s in layers])  # [layer, d_model] mean of x_i^2
         kurtosis = (s2.square().mean(-1) / s2.mean(-1).square()).numpy()

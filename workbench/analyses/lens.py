@@ -9,13 +9,17 @@ model's output: KL 0, agreement 1):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 import xarray as xr
 
 from workbench.analysis import forward, stats
 from workbench.analysis.base import Analysis, StepContext
 from workbench.analysis.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @register
@@ -24,10 +28,13 @@ class Lens(Analysis):
     kind = "forward"
     dims = ("layer",)
     description = "logit lens per layer: KL to the final distribution, top-1 agreement (see workbench/analyses/lens.py)"
+    title, page, page_order = "Logit lens", "apps.dashboard.views.lens", 30
 
     Params = forward.EvalParams
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
+        import torch
+
         p = self.params
         model = ctx.model(streamable=True)
         kl: dict[int, stats.Mean] = {}
@@ -55,6 +62,8 @@ class Lens(Analysis):
                last: torch.Tensor) -> None:
         """Feed the lens of the residual streams `resid` ({layer: [token, d_model]}) of one batch, against the
         model's own distribution from `last` (its final residual stream), a token chunk at a time."""
+        import torch
+
         for c in forward.token_chunks(last.shape[0]):
             log_final = forward.log_probs(model, last[c])  # [chunk, vocab]
             top_final = log_final.argmax(-1)

@@ -10,7 +10,6 @@ Over the evaluation batches of `workbench.analysis.forward` (same tokens at ever
 from __future__ import annotations
 
 import numpy as np
-import torch
 import xarray as xr
 
 from workbench.analysis import forward, stats
@@ -24,6 +23,7 @@ class Loss(Analysis):
     kind = "forward"
     dims = ("domain", "token")
     description = "held-out next-token loss per domain and per token (see workbench/analyses/loss.py)"
+    title, page, page_order = "Tokens", "apps.dashboard.views.tokens", 80  # its page: the loss of every token
 
     @classmethod
     def summary(cls, ds: xr.Dataset, step: int | None = None):
@@ -35,6 +35,8 @@ class Loss(Analysis):
     Params = forward.EvalParams
 
     def compute(self, ctx: StepContext) -> xr.Dataset:
+        import torch
+
         p = self.params
         model = ctx.model(streamable=True)
         per_domain: dict[str, stats.Mean] = {}

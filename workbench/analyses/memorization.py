@@ -24,7 +24,6 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 import xarray as xr
 
 from workbench.analysis import forward
@@ -32,7 +31,6 @@ from workbench.analysis.base import Analysis, StepContext
 from workbench.analysis.readers import json_cell
 from workbench.analysis.registry import register
 from workbench.errors import MissingData, UsageError
-from workbench.models.capture import generate
 from workbench.store.layout import DOCUMENTS, ORDER
 
 CANARIES = "data/canaries"
@@ -59,6 +57,7 @@ class Memorization(Analysis):
     dims = ("sequence", "position")
     description = ("greedy completion of canaries and sampled training sequences, with how often and how "
                    "recently each was seen (see workbench/analyses/memorization.py)")
+    title, page, page_order = "Memorisation", "apps.dashboard.views.memorization", 50
 
     @dataclass(frozen=True)
     class Params:
@@ -78,6 +77,13 @@ class Memorization(Analysis):
         rates = df.groupby(["step", "kind"])[["exact_match", "token_match"]].mean().unstack("kind")
         rates.columns = [f"{v}[{k}]" for v, k in rates.columns]
         return rates
+
+    @classmethod
+    def figure(cls, ds: xr.Dataset, step: int | None = None, title: str = ""):
+        """Over the steps, the canaries' step × copies map when there are canaries; else the summary drawn."""
+        if step is None and "canary" in set(ds["kind"].values.tolist()):
+            return canary_map(ds, title)
+        return super().figure(ds, step, title)
 
     def check(self, run, eval_set) -> None:
         if run.table(DOCUMENTS) is None or run.table(ORDER) is None:
@@ -117,10 +123,26 @@ class Memorization(Analysis):
                     "copies": ("sequence", np.array([s.copies for s in seqs]))})
 
 
+def canary_map(ds: xr.Dataset, title: str = ""):
+    """Canaries: mean token-level match by step × copies in the corpus (the memorisation studies' view)."""
+    import plotly.express as px
+
+    ds = ds[["token_match"]].load()
+    match = ds["token_match"].where(ds["kind"] == "canary", drop=True)
+    grid = match.groupby("copies").mean("sequence").transpose("copies", "step")  # [copies, step]
+    return px.imshow(grid.values, x=[str(s) for s in grid["step"].values], y=[str(c) for c in grid["copies"].values],
+                     labels={"x": "step", "y": "copies in the corpus", "color": "token match"}, zmin=0, zmax=1,
+                     aspect="auto", title=title)
+
+
 def greedy(model, prompts: list[tuple[int, ...]], lengths: list[int], batch_size: int) -> list[list[int]]:
     """The greedy continuation of each prompt, `lengths[i]` tokens long (prompts of one length and target
     length are batched together; a streamed model continues every batch at once, each token one pass over its
     blocks, to the longest length)."""
+    import torch
+
+    from workbench.models.capture import generate
+
     out: list[list[int]] = [[] for _ in prompts]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (prompt, n) in enumerate(zip(prompts, lengths)):

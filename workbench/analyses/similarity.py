@@ -13,19 +13,24 @@ CKA(X, Y) = ⟨K_X, K_Y⟩_F / (‖K_X‖_F ‖K_Y‖_F), which equals the featu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 import xarray as xr
 
 from workbench.analysis import forward
 from workbench.analysis.base import Analysis, StepContext
 from workbench.analysis.registry import register
 
+if TYPE_CHECKING:
+    import torch
+
 
 def normalized_grams(xs: list[torch.Tensor]) -> torch.Tensor:
     """Each `[token, feature]` matrix as its centred Gram matrix of unit Frobenius norm, flattened:
     `[len(xs), token²]` float64, so that CKA is a dot product of rows."""
+    import torch
+
     out = []
     for x in xs:
         x = x.double()
@@ -42,6 +47,7 @@ class Similarity(Analysis):
     reads_checkpoints = ("step", "prev")  # cka_prev
     dims = ("layer", "other_layer")
     description = "linear CKA between layers and with the previous checkpoint (see workbench/analyses/similarity.py)"
+    title, page, page_order = "Similarity", "apps.dashboard.views.similarity", 40
 
     @dataclass(frozen=True)
     class Params:
@@ -66,6 +72,8 @@ class Similarity(Analysis):
             coords={"layer": np.arange(n), "other_layer": np.arange(n)})
 
     def grams(self, ctx: StepContext, step: int) -> torch.Tensor:
+        import torch
+
         model = ctx.model(step, streamable=True)
         resid: dict[int, list[torch.Tensor]] = {}
         with torch.no_grad():  # within a layer the batches come in order, whole or streamed

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 if TYPE_CHECKING:
+    import torch
     import zarr
 
 from workbench.analysis.base import Analysis, StepContext
@@ -61,6 +61,7 @@ class Weights(Analysis):
     reads_checkpoints = ("step", "prev", "init")  # dist_to_prev, dist_to_init
     dims = ("param",)
     description = "spectral and trajectory statistics of every weight matrix (see workbench/analyses/weights.py)"
+    title, page, page_order = "Weights", "apps.dashboard.views.weights", 10
 
     @dataclass(frozen=True)
     class Params:
@@ -119,6 +120,8 @@ def matrix_templates(arrays: dict[str, "zarr.Array"]) -> list[str]:
 def matrix_statistics(w: torch.Tensor, w0: torch.Tensor, wp: torch.Tensor | None, min_tail: int = 10) -> dict[str, np.ndarray]:
     """Every statistic of the `weights` analysis for a stack of matrices `[n, out, in]` (float32), given the
     same matrices at the first (`w0`) and previous (`wp`, None at the first step) checkpoints."""
+    import torch
+
     n = w.shape[0]
     wide = w.shape[-2] < w.shape[-1]  # the same singular values from the tall transpose, about 2x faster
     sv = _svdvals(w.float().transpose(-2, -1) if wide else w.float()).double().numpy()  # [n, min(out, in)]
@@ -147,6 +150,8 @@ def matrix_statistics(w: torch.Tensor, w0: torch.Tensor, wp: torch.Tensor | None
 def _sumsq(x: torch.Tensor) -> torch.Tensor:
     """Σ x² over each matrix of `[n, out, in]`: in float32 along rows, in float64 across them (about 2x
     faster than widening everything to float64; relative error ~1e-8)."""
+    import torch
+
     return torch.linalg.vecdot(x, x).double().sum(-1)
 
 
@@ -154,6 +159,8 @@ def _svdvals(w: torch.Tensor) -> torch.Tensor:
     """Singular values on one thread: LAPACK's multi-threaded SVD rounds differently with the number of
     threads, which can move the power-law fit's xmin; on one thread the results do not depend on how many
     workers or threads computed them (and the SVDs of these sizes gain little from more threads)."""
+    import torch
+
     threads = torch.get_num_threads()
     if threads == 1:
         return torch.linalg.svdvals(w)

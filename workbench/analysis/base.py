@@ -45,6 +45,19 @@ Dask `GPU: 1` resource on their tasks on GPU clusters. A sketch:
 Keep the returned Dataset small (statistics, not activations): it travels to the driver, which writes it.
 Statistics over batches or partitions use the mergeable classes of `workbench.analysis.stats`; anything
 derived from the run that several steps share goes through `ctx.cached` (kept per worker and snapshot).
+
+An analysis brings its own views of its stored results: `summary(ds, step)`, the table `wb results` prints,
+and `figure(ds, step, title)`, the plotly figure `wb results --plot` writes (default: the summary table
+drawn, lines over the steps or bars at one step); override either. In the dashboard (`wb dashboard`) each
+registered analysis has a page, titled `title` (default: its name) and placed by `page_order`: the Streamlit
+script named by `page`, a dotted module name (`"mypackage.pages.norms"`; its URL path is the file's name), or
+without one a generic page of its `figure` over the steps and at step A, and its `summary` table:
+
+    @register
+    class Norms(Analysis):
+        name, kind, dims = "norms", "weights", ("layer",)
+        title = "Norms"                            # the page's title in the dashboard's navigation
+        page = "mypackage.pages.norms"             # a script using `apps.dashboard.state` (omit: generic page)
 """
 
 from __future__ import annotations
@@ -86,6 +99,9 @@ class Analysis:
     reads_checkpoints: ClassVar[tuple[str, ...]] = ("step",)  # of "step", "prev", "init": what one step reads
     reads_tables: ClassVar[tuple[str, ...]] = ()  # run tables read whole (`data/documents`, ...)
     reads_tables_upto: ClassVar[tuple[str, ...]] = ()  # tables read up to the step (`data/order`)
+    title: ClassVar[str] = ""  # the title of its dashboard page (default: the name)
+    page: ClassVar[str | None] = None  # module of the Streamlit script of its page (None: the generic page)
+    page_order: ClassVar[int] = 100  # where its page sits among the analyses' pages: lower first, then by name
 
     @dataclass(frozen=True)
     class Params:
@@ -150,6 +166,14 @@ class Analysis:
             other = [d for d in da.dims if d != "step"]
             cols[v] = (da.mean(other) if other else da).to_series()
         return pd.DataFrame(cols)
+
+    @classmethod
+    def figure(cls, ds: "xr.Dataset", step: int | None = None, title: str = ""):
+        """The plotly figure of the results `ds` (at `step`, or over the steps), for `wb results --plot` and
+        the generic dashboard page: the `summary` table drawn."""
+        from workbench.analysis.summary import summary_figure
+
+        return summary_figure(cls.summary(ds, step), title)
 
 
 def finalize(analysis: Analysis, ds, step: int):

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-
 
 if TYPE_CHECKING:
+    import torch
+
     from workbench.analysis.base import StepContext
 
 DEFAULT_SEQ_LEN = 512  # for a run without a training config (imported): capped by the model's context
@@ -61,6 +61,8 @@ def seq_len(ctx: "StepContext", requested: int | None = None) -> int:
 def batches(ctx: "StepContext", length: int, batch_size: int, max_tokens: int | None = None) -> list[Batch]:
     """The evaluation set as batches of rows (see the module docstring), domains in sorted order; at most
     `max_tokens` input tokens per domain (whole rows)."""
+    import torch
+
     eos = ctx.cached("eos_id", lambda: _eos_id(ctx.run))
     streams: dict[str, list[int]] = {}
     for ids, domain in zip(ctx.eval_tokens(), ctx.eval_set.domains):

@@ -20,10 +20,12 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 S = TypeVar("S", bound="RunningStat")
 
@@ -31,6 +33,8 @@ __all__ = ["RunningStat", "Count", "Mean", "Variance", "Moments", "Max", "TopK",
 
 
 def _tensor(x, device: torch.device | None = None) -> torch.Tensor:
+    import torch
+
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     if t.ndim == 0:
         raise ValueError("a statistic needs x of shape [sample, *feature], got a scalar")
@@ -38,6 +42,8 @@ def _tensor(x, device: torch.device | None = None) -> torch.Tensor:
 
 
 def _numpy(v) -> Any:
+    import torch
+
     if isinstance(v, torch.Tensor):
         v = v.detach().cpu().numpy()
     return v
@@ -79,6 +85,8 @@ class Count(RunningStat):
         self.counts: torch.Tensor | None = None  # int64 [*feature]
 
     def update(self, x) -> None:
+        import torch
+
         x = _tensor(x, None if self.counts is None else self.counts.device)
         nonzero = x if x.dtype == torch.bool else x != 0
         c = nonzero.sum(0, dtype=torch.int32).long()  # int32 within a batch (< 2^31 samples) is ~4x faster on CPU
@@ -103,6 +111,8 @@ class Count(RunningStat):
 
     @classmethod
     def from_state(cls, state) -> "Count":
+        import torch
+
         out = cls()
         out.n = int(state["n"])
         out.counts = None if state["counts"] is None else torch.as_tensor(np.asarray(state["counts"]))
@@ -175,6 +185,8 @@ class _CentralMoments(RunningStat):
 
     @classmethod
     def from_state(cls, state):
+        import torch
+
         out = cls()
         out.n = int(state["n"])
         if out.n:
@@ -219,6 +231,8 @@ class Moments(Variance):
 
 
 def _ids_for(stat, nb: int, ids, device) -> torch.Tensor:
+    import torch
+
     if ids is None:
         return torch.arange(stat.n, stat.n + nb, dtype=torch.int64, device=device)
     ids = _tensor(ids, device).to(torch.int64).reshape(-1)
@@ -229,6 +243,8 @@ def _ids_for(stat, nb: int, ids, device) -> torch.Tensor:
 
 def _order(keys: list[torch.Tensor], dim: int) -> torch.Tensor:
     """Indices that sort lexicographically by keys[0], then keys[1], ... (all ascending) along `dim`."""
+    import torch
+
     idx = None
     for key in reversed(keys):  # stable sorts from the least significant key up
         k = key if idx is None else key.gather(dim, idx)
@@ -247,6 +263,8 @@ class Max(RunningStat):
     """
 
     def __init__(self, k: int = 1):
+        import torch
+
         self.k, self.n = int(k), 0
         self.values = torch.empty(0, dtype=torch.float64)
         self.samples = torch.empty(0, dtype=torch.int64)
@@ -254,6 +272,8 @@ class Max(RunningStat):
         self.feature_shape: tuple[int, ...] | None = None
 
     def update(self, x, ids=None) -> None:
+        import torch
+
         x = _tensor(x, self.values.device if self.n else None)
         nb = x.shape[0]
         if self.feature_shape is None:
@@ -298,6 +318,8 @@ class Max(RunningStat):
 
     @classmethod
     def from_state(cls, state) -> "Max":
+        import torch
+
         out = cls(int(state["k"]))
         out.n = int(state["n"])
         out.values = torch.as_tensor(np.asarray(state["values"], dtype=np.float64))
@@ -313,6 +335,8 @@ class _TopEntries:
         self.values, self.samples, self.features = values, samples, features
 
     def concat(self, other: "_TopEntries") -> "_TopEntries":
+        import torch
+
         return _TopEntries(torch.cat([self.values, other.values]), torch.cat([self.samples, other.samples]),
                            torch.cat([self.features, other.features]))
 
@@ -333,6 +357,8 @@ class TopK(RunningStat):
         self.ids: torch.Tensor | None = None  # int64 [k, *feature]
 
     def _score(self, v: torch.Tensor) -> torch.Tensor:
+        import torch
+
         s = v.abs() if self.by == "abs" else v
         return torch.where(torch.isnan(s), torch.full_like(s, -torch.inf), s)
 
@@ -345,6 +371,8 @@ class TopK(RunningStat):
         self._keep(x, sid)
 
     def _keep(self, values: torch.Tensor, ids: torch.Tensor) -> None:
+        import torch
+
         if self.values is not None:
             values, ids = torch.cat([self.values, values]), torch.cat([self.ids, ids])
         o = _order([-self._score(values), torch.where(ids < 0, torch.iinfo(torch.int64).max, ids)], 0)[: self.k]
@@ -368,6 +396,8 @@ class TopK(RunningStat):
 
     @classmethod
     def from_state(cls, state) -> "TopK":
+        import torch
+
         out = cls(int(state["k"]), str(state["by"]))
         out.n = int(state["n"])
         if state["values"] is not None:
@@ -382,6 +412,8 @@ class Histogram(RunningStat):
     `underflow` / `overflow`, NaN in `nan`, so nothing is lost."""
 
     def __init__(self, edges):
+        import torch
+
         self.edges = torch.as_tensor(np.asarray(edges, dtype=np.float64))
         if self.edges.ndim != 1 or self.edges.numel() < 2 or not bool((self.edges[1:] > self.edges[:-1]).all()):
             raise ValueError("edges must be 1-D, increasing, with at least 2 entries")
@@ -393,6 +425,8 @@ class Histogram(RunningStat):
         return self.edges.numel() - 1
 
     def update(self, x) -> None:
+        import torch
+
         x = _tensor(x, None if self.counts is None else self.counts.device).double()
         nb, fshape = x.shape[0], tuple(x.shape[1:])
         edges = self.edges.to(x.device)
@@ -417,6 +451,8 @@ class Histogram(RunningStat):
         self.n += nb
 
     def merge(self, other: "Histogram") -> "Histogram":
+        import torch
+
         self._check_same(other)
         if not torch.equal(self.edges, other.edges):
             raise ValueError("cannot merge histograms with different edges")
@@ -438,6 +474,8 @@ class Histogram(RunningStat):
 
     @classmethod
     def from_state(cls, state) -> "Histogram":
+        import torch
+
         out = cls(state["edges"])
         out.n = int(state["n"])
         if state["counts"] is not None:

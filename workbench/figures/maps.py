@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workbench.figures._common import heatmap, lines, steps_of
+from workbench.figures._common import heatmap, lines, panels, steps_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,11 +71,15 @@ def weight_map(ds: "xr.Dataset", statistic: str, template: str):
 
 
 def weight_curves(ds: "xr.Dataset", statistics: list[str], template: str, layer: int):
-    """Statistics of one matrix (`template` at `layer`; -1 when unstacked) over steps."""
+    """Statistics of one matrix (`template` at `layer`; -1 when unstacked) over steps: one on its own axes, or
+    several in a panel each."""
     name = template.format(layer=layer) if "{layer}" in template else template
     one = ds.sel(param=name)
     steps = steps_of(ds)
-    return lines({s: (steps, one[s].values) for s in statistics}, f"{name} over training", "value")
+    series = {s: (steps, one[s].values) for s in statistics}
+    if len(statistics) == 1:
+        return lines(series, f"{name} over training", describe(ds, statistics[0]))
+    return panels(series, f"{name} over training")
 
 
 # ---------------------------------------------------------------------------------------------- activations

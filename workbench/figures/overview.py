@@ -74,18 +74,15 @@ def metrics_figure(metrics: dict[str, "pd.DataFrame"], column: str, smoothing: f
     series = {label: (df.index.to_numpy(), smooth(df[column].to_numpy(), smoothing))
               for label, df in metrics.items() if column in df}
     note = f" (smoothed {smoothing:g})" if smoothing else ""
-    return lines(series, f"training {column}{note}", column)
+    fig = lines(series, f"training {column}{note}", column)
+    return fig.for_each_trace(lambda t: t.update(legendgroup=t.name))  # a trace per run: its run, for a tokens axis
 
 
-def heldout_loss_figure(losses: dict[str, "xr.Dataset"]):
-    """Held-out loss per domain over steps ({run label: `run.results("loss")`}), a line per run and domain."""
-    series = {}
-    for label, ds in losses.items():
-        steps = steps_of(ds)
-        for domain in ds["domain"].values:
-            name = f"{domain}" if len(losses) == 1 else f"{label} · {domain}"
-            series[name] = (steps, ds["loss"].sel(domain=domain).values)
-    return lines(series, "held-out loss per domain", "loss (nats)")
+def heldout_loss_figure(ds: "xr.Dataset"):
+    """Held-out loss per domain over steps (`run.results("loss")`), a line per domain."""
+    steps = steps_of(ds)
+    return lines({str(d): (steps, ds["loss"].sel(domain=d).values) for d in ds["domain"].values},
+                 "held-out loss per domain", "loss (nats)")
 
 
 def coverage(run: "Run", names: list[str] | None = None) -> "pd.DataFrame":

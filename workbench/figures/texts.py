@@ -78,14 +78,9 @@ def shade(values, vmax: float) -> list[str]:
 
 def canary_map(ds: "xr.Dataset", title: str = "canaries: token-level match by step and copies in the corpus"):
     """Canaries: mean token-level match by step × copies in the corpus (the memorisation studies' view)."""
-    import plotly.express as px
+    from workbench.analyses.memorization import canary_map
 
-    ds = ds[["token_match"]].load()
-    match = ds["token_match"].where(ds["kind"] == "canary", drop=True)
-    grid = match.groupby("copies").mean("sequence").transpose("copies", "step")  # [copies, step]
-    return px.imshow(grid.values, x=[str(s) for s in grid["step"].values], y=[str(c) for c in grid["copies"].values],
-                     labels={"x": "step", "y": "copies in the corpus", "color": "token match"}, zmin=0, zmax=1,
-                     aspect="auto", title=title)
+    return canary_map(ds, title)
 
 
 SEEN_BINS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)

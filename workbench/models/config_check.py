@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-import torch
-
 from workbench.errors import IncompatibleCheckpoint
 
 
@@ -23,6 +21,7 @@ def _expected(config_json: str):
     model_type = model_config.get("model_type")
     if not model_type:
         return None
+    import torch
     import transformers
 
     try:

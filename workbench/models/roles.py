@@ -10,7 +10,6 @@ whose `c_attn` columns are `[(q, k, v), head, head_dim]`.
 
 from __future__ import annotations
 
-from training.model import parameter_roles as llama_roles
 from workbench.store.layout import head_role, neuron_role
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
@@ -26,6 +25,8 @@ def parameter_roles(model_config: dict) -> dict | None:
     if not hidden or not heads:
         return None
     if model_type in LLAMA_FAMILY:
+        from training.model import parameter_roles as llama_roles  # imports torch: only for the LLaMA family
+
         width = model_config.get("head_dim") or hidden // heads
         return llama_roles(heads, model_config.get("num_key_value_heads") or heads, width)
     if model_type == "gpt_neox":

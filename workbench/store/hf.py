@@ -11,12 +11,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import torch
 from zarr.core.sync import sync
 
 from workbench.errors import CorruptData, IncompatibleCheckpoint, RunNotFound, UnsafeFormat, UsageError
@@ -25,16 +24,25 @@ from workbench.store.tensors import LazyTensor, Tensor, reporting
 from workbench.store.textfile import read_json_object
 
 if TYPE_CHECKING:
+    import torch  # imported where tensors are read or written
+
     from workbench.store.writer import RolesOf, Validator
 
 # Per-step folder names of public suites: Pythia `step1000`, HF Trainer `checkpoint-1000`, Megatron `iter_0001000`.
 STEP_FOLDER = re.compile(r"^(?:step|global_step|checkpoint-|iter_)0*(\d+)$")
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                      "BOOL": torch.bool}
 DEFAULT_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default ("5GB")
 # config.json keys that describe how a file was saved, not the model.
 VOLATILE_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"}
+
+
+@cache
+def safetensors_dtypes() -> dict[str, torch.dtype]:
+    """safetensors dtype code -> torch dtype."""
+    import torch
+
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+            "BOOL": torch.bool}
 
 
 @dataclass(frozen=True)
@@ -142,13 +150,15 @@ def read_safetensors(f: BinaryIO) -> dict[str, LazyTensor]:
     header.pop("__metadata__", None)
     out = {}
     for name, entry in header.items():
-        dtype, (begin, end) = SAFETENSORS_DTYPES[entry["dtype"]], entry["data_offsets"]
+        dtype, (begin, end) = safetensors_dtypes()[entry["dtype"]], entry["data_offsets"]
         out[name] = LazyTensor(tuple(entry["shape"]), dtype, partial(_read_range, f, 8 + length + begin, end - begin,
                                                                        tuple(entry["shape"]), dtype))
     return out
 
 
 def _read_range(f: BinaryIO, offset: int, nbytes: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    import torch
+
     data = bytearray(nbytes)
     n = os.preadv(f.fileno(), [data], offset)
     if n != nbytes:
@@ -157,6 +167,8 @@ def _read_range(f: BinaryIO, offset: int, nbytes: int, shape: tuple[int, ...], d
 
 
 def _load_pickle(f: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         return torch.load(f, map_location="cpu", weights_only=True, mmap=True)  # pages read as they are written
     except RuntimeError:  # a legacy (non-zip) pickle cannot be mapped
@@ -323,7 +335,7 @@ def write_safetensors(path: Path, tensors: dict[str, LazyTensor], metadata: dict
     before any tensor is read), then each tensor's bytes as it is loaded. safetensors' own `save_file` takes every
     tensor of the file in memory at once; the format (an 8-byte header length, the JSON header padded to 8 bytes,
     the raw little-endian data) is its specification, and the tests read the files back with safetensors."""
-    codes = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
+    codes = {dtype: code for code, dtype in safetensors_dtypes().items()}
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
     for name, t in tensors.items():

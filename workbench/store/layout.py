@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from workbench.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch  # imported where tensors are handled: reading a run's metadata, tables and results needs none
 
 FORMAT_VERSION = 2  # 2: the `layout` attribute, sharded tensors; format-1 runs still read
 PARAMS = "params"
@@ -27,18 +31,23 @@ V3 = {"zarr_format": 3, "use_consolidated": False}
 # The first `.{int}.` of a name is its layer: `model.layers.3.mlp.up_proj.weight` -> `model.layers.{layer}.mlp...`.
 _LAYERED = re.compile(r"^(?P<head>.+?)\.(?P<layer>\d+)\.(?P<tail>.+)$")
 
-# torch dtype -> (stored numpy dtype, logical dtype name). bfloat16 has no numpy dtype: its 16-bit pattern is stored.
-_DTYPES: dict[torch.dtype, tuple[np.dtype, str]] = {
-    torch.float32: (np.dtype("float32"), "float32"),
-    torch.float16: (np.dtype("float16"), "float16"),
-    torch.bfloat16: (np.dtype("uint16"), "bfloat16"),
-    torch.float64: (np.dtype("float64"), "float64"),
-    torch.int64: (np.dtype("int64"), "int64"),
-    torch.int32: (np.dtype("int32"), "int32"),
-    torch.uint8: (np.dtype("uint8"), "uint8"),
-    torch.bool: (np.dtype("bool"), "bool"),
-}
-_LOGICAL = {name: dtype for dtype, (_, name) in _DTYPES.items()}
+
+@cache
+def _dtypes() -> dict[torch.dtype, tuple[np.dtype, str]]:
+    """torch dtype -> (stored numpy dtype, logical dtype name). bfloat16 has no numpy dtype: its 16-bit pattern
+    is stored."""
+    import torch
+
+    return {
+        torch.float32: (np.dtype("float32"), "float32"),
+        torch.float16: (np.dtype("float16"), "float16"),
+        torch.bfloat16: (np.dtype("uint16"), "bfloat16"),
+        torch.float64: (np.dtype("float64"), "float64"),
+        torch.int64: (np.dtype("int64"), "int64"),
+        torch.int32: (np.dtype("int32"), "int32"),
+        torch.uint8: (np.dtype("uint8"), "uint8"),
+        torch.bool: (np.dtype("bool"), "bool"),
+    }
 
 
 @dataclass(frozen=True)
@@ -77,13 +86,16 @@ def dims_for(tensor_ndim: int, layered: bool) -> list[str]:
 def encode_dtype(dtype: torch.dtype) -> tuple[np.dtype, str]:
     """The numpy dtype stored for a torch dtype, and its logical name."""
     try:
-        return _DTYPES[dtype]
+        return _dtypes()[dtype]
     except KeyError:
-        raise TypeError(f"dtype {dtype} cannot be stored; supported: {sorted(_LOGICAL)}") from None
+        supported = sorted(name for _, name in _dtypes().values())
+        raise TypeError(f"dtype {dtype} cannot be stored; supported: {supported}") from None
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """Bit-exact numpy view of a CPU tensor (bfloat16 as its uint16 pattern)."""
+    import torch
+
     t = t.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(np.uint16)
@@ -92,6 +104,8 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def to_torch(a: np.ndarray, logical: str) -> torch.Tensor:
     """Inverse of `to_numpy` (0-d arrays stay 0-d)."""
+    import torch
+
     a = np.require(np.asarray(a), requirements="C")
     if logical == "bfloat16":
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import difflib
 import os
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 import zarr
 from zarr.errors import GroupNotFoundError
 from zarr.core.sync import sync
@@ -24,6 +24,9 @@ from workbench.store.storage import open_repository
 from workbench.store import tables
 from workbench.store.tables import read as read_table
 from workbench.store.tensors import LazyTensor, TensorGroup
+
+if TYPE_CHECKING:
+    import torch  # imported by the reads of tensors (`Checkpoint`): opening a run and reading its tables needs none
 
 
 class Run:

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, TypeAlias
 
 import crc32c
 import numpy as np
-import torch
 from zarr.api.asynchronous import open_group
 from zarr.core.buffer import cpu
 from zarr.core.group import AsyncGroup
@@ -28,6 +28,9 @@ from workbench.errors import CorruptData, IncompatibleCheckpoint, ReadFailed, St
 from workbench.store import chunks, shards
 from workbench.store.layout import (STEP, TENSORS, V3, Key, Layout, array_codecs, dims_for, encode_dtype,
                                     parse_name, to_numpy, to_torch)
+
+if TYPE_CHECKING:
+    import torch  # imported where tensors are read or written: opening a run needs none
 
 # Errors of decoding: chunk bytes that fail their checksum (zarr's and ours are ValueErrors) or that blosc cannot
 # decompress (RuntimeError). Fetching them is another matter: an OSError or IcechunkError says nothing of the data.
@@ -58,7 +61,7 @@ class LazyTensor:
         return await t if inspect.isawaitable(t) else t
 
 
-Tensor = torch.Tensor | LazyTensor
+Tensor: TypeAlias = "torch.Tensor | LazyTensor"
 
 
 def reporting(tensors: dict[str, Tensor], done: Callable[[int], object]) -> dict[str, LazyTensor]:
@@ -227,6 +230,8 @@ class TensorGroup:
         """Store the tensors (any of a step's: tensors, or `LazyTensor`s read as they are written; those on the
         meta device skipped) at index `idx` of their `prepare`d arrays; returns the crc32c of each stored tensor's
         bytes by name."""
+        import torch
+
         arrays = await self.arrays()
         crcs: dict[str, int] = {}
         budget = _Budget(WRITE_BUDGET)
@@ -275,6 +280,8 @@ class TensorGroup:
     async def lazy(self, step: int) -> dict[str, LazyTensor]:
         """Every tensor of `step` by HF name as a `LazyTensor` that reads that tensor alone (one layer of one
         array) when loaded: how export and repack move a checkpoint without holding it."""
+        import torch
+
         idx = self.index(step)
         out = {}
         for name, arr in (await self.arrays()).items():

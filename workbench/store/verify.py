@@ -8,14 +8,17 @@ misplaced or foreign checkpoint, as found in public suites) is flagged from the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from zarr.core.sync import sync
 
 from workbench.errors import CorruptData, ReadFailed
 from workbench.store.layout import PARAMS, TENSORS, to_torch
 from workbench.store.tensors import TensorGroup
+
+if TYPE_CHECKING:
+    import torch  # the tensors read here bring it
 
 JUMP_RATIO = 2.0  # flag t when min(d(a,t), d(t,b)) > JUMP_RATIO * d(a,b)
 
@@ -68,7 +71,7 @@ class Distances:
     def add(self, step: int, data: torch.Tensor) -> None:
         self._window = (self._window + [(step, data)])[-3:]
         for prev_step, prev in self._window[:-1]:
-            d = float(torch.sum((data - prev).double() ** 2))
+            d = float(((data - prev).double() ** 2).sum())
             self.sq[(prev_step, step)] = self.sq.get((prev_step, step), 0.0) + d
 
 
@@ -121,7 +124,7 @@ def _read_row(group, name: str, arr, step: int, idx: int, problems: list[Problem
     tensor = to_torch(data, arr.attrs["dtype"])
     if not tensor.is_floating_point():
         return None
-    bad = int((~torch.isfinite(tensor)).sum())
+    bad = int((~tensor.isfinite()).sum())
     if bad:
         problems.append(Problem("non-finite", path, step, f"{bad} NaN/Inf values"))
         return None

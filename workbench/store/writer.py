@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 
 import icechunk
 import numpy as np
-import torch
 import zarr
 from zarr.core.sync import sync
 
@@ -246,6 +245,8 @@ def content_digest(state_dict: dict[str, Tensor], crcs: dict[str, int]) -> str:
 
 def _slots(state: OptimizerState) -> dict[str, dict[str, Tensor]]:
     """{param: {slot: t}} -> {slot: {param: t}}; scalar Python numbers become 0-d tensors."""
+    import torch
+
     slots: dict[str, dict[str, Tensor]] = {}
     for name, per_param in state.items():
         for slot, value in per_param.items():

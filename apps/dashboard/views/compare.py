@@ -12,6 +12,7 @@ a, b = sel.step, sel.step_b
 st.title(f"Compare step A = {a} with step B = {b}")
 st.caption("A and B are the sidebar's steps, as on every page; the differences read B − A (forward in training when "
            "B is the later step).")
+state.one_run_caption("the table and the continuations")
 names = list(run.stored_results())
 results = {n: state.results(run, n) for n in names}
 table = wf.compare_statistics(results, a, b)
@@ -20,13 +21,15 @@ if table.empty:
 else:
     analysis = state.choose("analysis", sorted(table["analysis"].unique()), "analysis")
     st.dataframe(table[table["analysis"] == analysis].drop(columns="analysis"), hide_index=True)
-if a in run.steps and b in run.steps:
-    state.chart(wf.weight_distance_figure(state.weight_distances(run, a, b), a, b), "distances")
+both = {sel.labels[r.location]: r for r in sel.runs if {a, b} <= set(r.steps)}
+if both:
+    state.chart(wf.overlay({label: wf.weight_distance_figure(state.weight_distances(r, a, b), a, b)
+                            for label, r in both.items()}), "distances")
 else:
     st.info("Weight distances need checkpoints at both steps.")
 if (mem := results.get("memorization")) is not None and {a, b} <= set(mem["step"].values.tolist()):
     st.subheader("Continuations")
-    ex_a, ex_b = (wf.memorization_examples(run, mem, s) for s in (a, b))
+    ex_a, ex_b = (state.memorization_examples(run, s) for s in (a, b))
     both = ex_a[["kind", "canary", "target", "continuation"]].rename(columns={"continuation": f"step {a}"})
     both[f"step {b}"] = ex_b["continuation"].values
     st.dataframe(both, hide_index=True)

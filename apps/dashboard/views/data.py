@@ -9,6 +9,7 @@ from workbench.errors import MissingData, WorkbenchError
 sel = state.selection()
 run = sel.run
 st.title("Training data")
+state.one_run_caption()
 try:
     corpus = run.documents()
 except MissingData as e:

@@ -13,7 +13,7 @@ left, middle, right = st.columns([2, 2, 1])
 var = state.choose("score", scores, "score", where=left)
 window = middle.slider("mean over neighbouring checkpoints", 1, 9, 1, 2, key="window", bind="query-params")
 split = right.toggle("a panel per task", key="split", bind="query-params")
-state.chart(wf.score_curves(ds, var, window=window, split=split), "curves")
+state.runs_chart("evaluation", lambda d: wf.score_curves(d, var, window=window, split=split), "curves")
 few = {str(t): n for t in ds["task"].values if 0 < (n := wf.item_count(ds, var, t)) < 20}
 if few:
     st.caption("Few items: " + "; ".join(f"{t} has {n}, so one item moves {var} by {1 / n:.2g}" for t, n in few.items())
@@ -25,5 +25,5 @@ if ds.sizes.get("fact", 0):
     st.caption("facts-en2ja asks the facts taught only in English, in Japanese (and ja2en the reverse): their "
                "exposures are in the language they were taught in.")
     left, right = st.columns(2)
-    state.chart(wf.exposure_recall(ds, task), "exposure", left)
-    state.chart(wf.fact_recall_map(ds, task, "fact_correct"), "recall", right)
+    state.runs_chart("evaluation", lambda d: wf.exposure_recall(d, task), "exposure", left)
+    state.runs_chart("evaluation", lambda d: wf.fact_recall_map(d, task, "fact_correct"), "recall", right)

@@ -7,7 +7,6 @@ from apps.dashboard import state
 
 sel, ds = state.page_of("Logit lens", "lens")
 left, right = st.columns(2)
-state.chart(wf.layer_step_map(ds, "kl"), "kl", left)
-state.chart(wf.layer_step_map(ds, "top1_agreement"), "top1", right)
-layers = [int(l) for l in ds["layer"].values]
-state.chart(wf.layer_curves(ds, "kl", layers), "kl-curves")
+state.runs_chart("lens", lambda d: wf.layer_step_map(d, "kl"), "kl", left)
+state.runs_chart("lens", lambda d: wf.layer_step_map(d, "top1_agreement"), "top1", right)
+state.runs_chart("lens", lambda d: wf.layer_curves(d, "kl", [int(l) for l in d["layer"].values]), "kl-curves")

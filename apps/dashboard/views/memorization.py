@@ -10,14 +10,15 @@ sel, ds = state.page_of("Memorisation", "memorization")
 kinds = set(ds["kind"].values.tolist())
 left, right = st.columns(2)
 if "canary" in kinds:
-    state.chart(wf.canary_map(ds), "canaries", left)
+    state.runs_chart("memorization", wf.canary_map, "canaries", left)
 if "sample" in kinds:
-    state.chart(wf.seen_map(ds), "samples", right)
+    state.runs_chart("memorization", wf.seen_map, "samples", right)
 
-step = sel.step if sel.step in ds["step"].values else int(ds["step"].values[-1])
+step = wf.nearest_step(ds, sel.step)
 st.subheader(f"Examples at step {step}")
+state.one_run_caption()
 kind = state.choose("kind", sorted(kinds), "kind")
-examples = wf.memorization_examples(sel.run, ds, step, kind)
+examples = state.memorization_examples(sel.run, step, kind)
 st.dataframe(examples.drop(columns="html"), hide_index=True)
 if len(examples):
     row = examples.set_index("sequence").loc[state.choose("sequence", examples["sequence"].tolist(), "sequence")]
@@ -27,4 +28,4 @@ if len(examples):
     st.html(row["html"] or row["continuation"])
     seen = sel.run.steps_seen(int(row["document"]))
     st.page_link("views/data.py", label=f"document {row['document']}: seen at {len(seen)} step(s)",
-                 query_params={"run": sel.run.location, "doc": str(row["document"])})
+                 query_params={"run": sel.run.location, "doc": str(row["document"]), "step": str(step)})

@@ -23,7 +23,7 @@ with st.expander("model and training config"):
     st.json({"model_config": run.model_config, "train_config": run.train_config}, expanded=False)
 
 st.subheader("Training")
-metrics = {r.location: m for r in sel.runs if (m := state.metrics(r)) is not None}
+metrics = {sel.labels[r.location]: m for r in sel.runs if (m := state.metrics(r)) is not None}
 if not metrics:
     st.info(f"{run.location} records no training metrics (an imported run): nothing to plot here.")
 else:
@@ -33,9 +33,8 @@ else:
         state.chart(wf.metrics_figure(metrics, column, smoothing), f"metric-{column}", columns[i % 2])
 
 st.subheader("Held-out loss")
-losses = {r.location: ds for r in sel.runs if (ds := state.results(r, "loss")) is not None}
-if losses:
-    state.chart(wf.heldout_loss_figure(losses), "heldout")
+if state.per_run("loss"):
+    state.runs_chart("loss", wf.heldout_loss_figure, "heldout")
 else:
     state.missing(run, "loss")
 

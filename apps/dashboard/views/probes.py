@@ -12,11 +12,11 @@ st.caption("Layer 0 is the embeddings. A label that is a function of the token (
            "read accuracy against the control task (selectivity) and the step-0 column. Baseline (majority class): "
            f"{float(ds['majority'].sel(task=task).isel(step=-1)):.3f}.")
 left, right = st.columns(2)
-state.chart(wf.probe_map(ds, "accuracy", task), "accuracy", left)
-state.chart(wf.probe_map(ds, "selectivity", task), "selectivity", right)
+state.runs_chart("probes", lambda d: wf.probe_map(d, "accuracy", task), "accuracy", left)
+state.runs_chart("probes", lambda d: wf.probe_map(d, "selectivity", task), "selectivity", right)
 if any(str(t) for t in ds["transfer_task"].values):
     layer = state.choose("layer", [int(l) for l in ds["layer"].values], "layer", default=int(ds["layer"].values[-1]))
-    state.chart(wf.transfer_curves(ds, layer), "transfer")
+    state.runs_chart("probes", lambda d: wf.transfer_curves(d, layer), "transfer")
 left, right = st.columns(2)
-state.chart(wf.direction_drift(ds, task, "previous"), "drift-prev", left)
-state.chart(wf.direction_drift(ds, task, "final"), "drift-final", right)
+state.runs_chart("probes", lambda d: wf.direction_drift(d, task, "previous"), "drift-prev", left)
+state.runs_chart("probes", lambda d: wf.direction_drift(d, task, "final"), "drift-final", right)

@@ -6,7 +6,6 @@ import workbench.figures as wf
 from apps.dashboard import state
 
 sel, ds = state.page_of("Similarity", "similarity")
-step = sel.step if sel.step in ds["step"].values else int(ds["step"].values[-1])
 left, right = st.columns(2)
-state.chart(wf.cka_map(ds, step), "cka", left)
-state.chart(wf.layer_step_map(ds, "cka_prev"), "cka-prev", right)
+state.runs_chart("similarity", lambda d: wf.cka_map(d, wf.nearest_step(d, sel.step)), "cka", left)
+state.runs_chart("similarity", lambda d: wf.layer_step_map(d, "cka_prev"), "cka-prev", right)

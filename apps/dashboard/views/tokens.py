@@ -7,7 +7,12 @@ from apps.dashboard import state
 from workbench.models.views import hf_tokenizer
 
 sel, ds = state.page_of("Tokens", "loss")
-docs = wf.eval_documents(ds, hf_tokenizer(sel.run).eos_token_id)
+state.one_run_caption()
+if (hf := hf_tokenizer(sel.run)) is None:
+    st.info(f"{sel.run.location} stores no tokenizer, so its tokens cannot be shown as text; its held-out loss is on "
+            "Overview.")
+    st.stop()
+docs = wf.eval_documents(ds, hf.eos_token_id)
 left, right = st.columns(2)
 domain = state.choose("domain", sorted(docs["domain"].unique()), "domain", where=left)
 in_domain = docs[docs["domain"] == domain].set_index("document")

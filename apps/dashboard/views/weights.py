@@ -11,11 +11,12 @@ left, right = st.columns(2)
 statistic = state.choose("statistic", list(STATISTICS), "statistic", where=left)
 kinds = wf.weight_kinds(ds)
 kind = state.choose("parameter", kinds, "param", where=right)
-clicked = state.chart(wf.weight_map(ds, statistic, kind), "map", on_select="rerun", selection_mode="points")
+clicked = state.runs_chart("weights", lambda d: wf.weight_map(d, statistic, kind), "map", on_select="rerun",
+                           selection_mode="points")
 layers = sorted(int(l) for l in wf.maps.weight_grid(ds, statistic, kind)["layer"].values)
 if points := (clicked.selection.points if clicked else None):  # a chosen cell: its layer's curves
     state.pick("layer", int(points[0]["y"]))
 layer = state.choose("layer", layers, "layer")
-state.chart(wf.weight_curves(ds, [statistic], kind, layer), "curves")
+state.runs_chart("weights", lambda d: wf.weight_curves(d, [statistic], kind, layer), "curves")
 with st.expander("every statistic of this matrix"):
-    state.chart(wf.weight_curves(ds, list(STATISTICS), kind, layer), "all-curves")
+    state.runs_chart("weights", lambda d: wf.weight_curves(d, list(STATISTICS), kind, layer), "all-curves")

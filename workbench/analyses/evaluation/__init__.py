@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import xarray as xr
 
 from workbench.analysis.base import Analysis, StepContext
@@ -45,6 +44,7 @@ class Evaluation(Analysis):
     reads_tables_upto = ("data/order",)  # each fact's exposures up to the step
     dims = ("task", "fact")
     description = "task scores: planted facts per language and across languages, task files (see evaluation/__init__.py)"
+    title, page, page_order = "Evaluation", "apps.dashboard.views.evaluation", 70
     summary_vars = ("accuracy", "accuracy_bytes", "exact_match", "char_f1")
 
     @dataclass(frozen=True)
@@ -132,6 +132,8 @@ class Scorer:
         """With a streamed model, score every item of `tasks` up front: the log-probabilities of every choice in
         one pass over the blocks (each context + choice a sequence of its own), the greedy generations in one
         pass per generated token for all items at once. A whole model scores item by item."""
+        import torch
+
         from workbench.analysis import forward
 
         if not forward.is_streamed(self.model):
@@ -179,6 +181,8 @@ class Scorer:
         return tuple(self.encode(item.prompt)[-max(1, self.context - n):] or [self.eos or 0]), n
 
     def generation(self, item: Generation) -> dict:
+        import torch
+
         from workbench.models.capture import generate
 
         ids, n = self.prompt(item)
