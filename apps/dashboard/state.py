@@ -132,6 +132,22 @@ def weight_distances(run: "Run", a: int, b: int) -> "pd.DataFrame":
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
+def _derived(location: str, snapshot_id: str, name: str, table_name: str, _table) -> "pd.DataFrame":
+    return _table(_results(location, snapshot_id, name))  # keyed by the function's name (functions do not hash)
+
+
+def per_run_table(name: str, table) -> "pd.DataFrame":
+    """`table(results)` (a function of `workbench.figures`) of every open run with results `name`, computed once
+    per (run, snapshot), stacked with a `run` column first."""
+    import pandas as pd
+
+    sel = selection()
+    tables = {sel.labels[r.location]: _derived(r.location, r.snapshot, name, table.__qualname__, table)
+              for r in sel.runs if name in r.stored_results()}
+    return pd.concat(tables, names=["run", None]).reset_index(0)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
 def _memorization_examples(location: str, snapshot_id: str, step: int, kind: str | None) -> "pd.DataFrame":
     from workbench.figures import memorization_examples
 
@@ -209,8 +225,9 @@ def chart(fig, key: str, where=st, **kwargs):
     if sel.axes.log_step:
         wf.log_step_axis(fig)
     event = where.plotly_chart(fig, key=key, **kwargs)
-    where.download_button("data (CSV)", wf.figure_data(fig).to_csv(index=False), file_name=f"{key}.csv",
-                          mime="text/csv", key=f"{key}-csv")
+    # The CSV is made when the button is clicked, not on every rerun; the click reruns nothing.
+    where.download_button("data (CSV)", lambda: wf.figure_data(fig).to_csv(index=False), file_name=f"{key}.csv",
+                          mime="text/csv", key=f"{key}-csv", on_click="ignore")
     return event
 
 

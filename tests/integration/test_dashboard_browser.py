@@ -16,6 +16,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
+import pandas as pd
 import psutil
 import pytest
 
@@ -173,6 +175,19 @@ def test_clicking_a_heatmap_cell_opens_its_layer(browser, served):
     assert "layer=1" in page.url
     page.wait_for_selector(curves_of.format(1), timeout=30_000)
     assert page.get_by_role("combobox", name="layer", exact=True).input_value() == "1"
+    page.close()
+
+
+def test_a_charts_csv_download_holds_the_points_it_draws(browser, served, analysed_run):
+    page = open_page(browser, f"{served.url}/lens?log_step=false")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="data (CSV)").first.click()  # the first chart: kl, layer x step
+    table = pd.read_csv(download.value.path())
+    kl = workbench.open(analysed_run).results("lens")["kl"]
+    cells = table.dropna(subset=["z"]).pivot(index="y", columns="x", values="z")
+    np.testing.assert_allclose(cells.values, kl.transpose("layer", "step").values, rtol=1e-6)
+    assert download.value.suggested_filename == "kl.csv" and page.url.endswith("log_step=false")
     page.close()
 
 

@@ -360,3 +360,13 @@ def test_several_statistics_of_a_matrix_get_a_panel_each_with_step_a_on_every_pa
     y = ds["frobenius_norm"].sel(param="model.layers.1.mlp.up_proj.weight").values
     assert [(m.yaxis, list(m.y)) for m in markers] == [("y", [y.min(), y.max()]), ("y2", [-y.max(), -y.min()])]
     assert wf.log_step_axis(fig).layout.xaxis2.type == "log"
+
+
+def test_smoothing_skips_values_that_are_not_finite_as_tensorboard_does():
+    x = np.array([np.nan, 2.0, np.inf, 4.0, np.nan, 1.0])
+    w, last, n, want = 0.6, 0.0, 0, []
+    for v in x:  # TensorBoard's loop
+        if np.isfinite(v):
+            last, n = last * w + (1 - w) * v, n + 1
+        want.append(last / (1 - w**n) if n else np.nan)
+    np.testing.assert_allclose(wf.smooth(x, w), want)

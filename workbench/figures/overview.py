@@ -56,16 +56,19 @@ def run_card(run: "Run") -> dict:
 
 
 def smooth(values: np.ndarray, weight: float) -> np.ndarray:
-    """TensorBoard's debiased exponential moving average (weight 0: the raw values)."""
+    """TensorBoard's debiased exponential moving average (weight 0: the raw values): over the finite values,
+    ema_k = weight · ema_(k-1) + (1 − weight) · v_k from ema_0 = 0, divided by 1 − weight^k; a value that is not
+    finite keeps the last average (NaN before the first)."""
+    from scipy.signal import lfilter
+
     values = np.asarray(values, dtype=float)
     if weight <= 0 or values.size == 0:
         return values
-    out, last, n = np.empty_like(values), 0.0, 0
-    for i, v in enumerate(values):
-        if np.isfinite(v):
-            last, n = last * weight + (1 - weight) * v, n + 1
-        out[i] = last / (1 - weight**n) if n else np.nan
-    return out
+    finite = np.isfinite(values)
+    ema = lfilter([1 - weight], [1, -weight], values[finite])  # the recursion, in C: 300,000 steps in ms
+    debiased = ema / (1 - weight ** np.arange(1, ema.size + 1))
+    seen = np.cumsum(finite)  # finite values up to each point
+    return np.where(seen > 0, np.r_[np.nan, debiased][seen], np.nan)
 
 
 def metrics_figure(metrics: dict[str, "pd.DataFrame"], column: str, smoothing: float = 0.0):

@@ -1,6 +1,5 @@
 """Activations: residual stream, massive activations, MLP units, and attention heads over training."""
 
-import pandas as pd
 import streamlit as st
 
 import workbench.figures as wf
@@ -13,8 +12,7 @@ for i, var in enumerate(("resid_norm", "resid_kurtosis", "massive_ratio", "fire_
     state.runs_chart("activations", lambda d: wf.layer_step_map(d, var), f"map-{var}", columns[i % 2])
 
 st.subheader("Massive activations: which dimensions, from which step")
-st.dataframe(pd.concat({label: wf.massive_dimensions(d) for label, d in state.per_run("activations").items()},
-                       names=["run", None]).reset_index(0), hide_index=True)
+st.dataframe(state.per_run_table("activations", wf.massive_dimensions), hide_index=True)
 
 st.subheader("Attention heads")
 var = state.choose("statistic", ["sink_mass", "attn_entropy"], "attn")
