@@ -112,8 +112,7 @@ def panels(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, x_title
 
 def log_y_where_decades(fig):
     """A log y axis when every drawn value is positive and they span `LOG_Y_SPAN` or more."""
-    ys = [np.asarray(t.y, dtype=float) for t in fig.data if t.y is not None and len(t.y)]
-    finite = np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.array([])
+    finite = _finite_y(fig.data)
     if finite.size and finite.min() > 0 and finite.max() / finite.min() >= LOG_Y_SPAN:
         fig.update_yaxes(type="log", title_text=f"{fig.layout.yaxis.title.text} (log)")
     return fig
@@ -162,12 +161,17 @@ def mark_step(fig, step: int, label: str = "step A"):
     if heatmaps:
         return fig
     for (xaxis, yaxis), traces in _by_axes(fig).items():  # each panel of a figure of several
-        ys = [np.asarray(t.y, dtype=float) for t in traces if t.y is not None and len(t.y)]
-        finite = np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.array([])
+        finite = _finite_y(traces)
         if finite.size:
             fig.add_scatter(x=[step, step], y=[finite.min(), finite.max()], mode="lines", name=name, showlegend=False,
                             line={"dash": "dash", "color": "grey"}, hoverinfo="skip", xaxis=xaxis, yaxis=yaxis)
     return fig
+
+
+def _finite_y(traces) -> np.ndarray:
+    """Every finite y value the traces draw."""
+    ys = [np.asarray(t.y, dtype=float) for t in traces if t.y is not None and len(t.y)]
+    return np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.array([])
 
 
 def _by_axes(fig) -> dict[tuple[str, str], list]:

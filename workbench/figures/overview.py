@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from workbench.figures._common import lines, steps_of
+from workbench.figures.runs import run_labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,7 +28,8 @@ def run_table(runs: list["Run"]) -> "pd.DataFrame":
                 **{f"train.{k}": v for k, v in (r.train_config or {}).items()}} for r in runs]
     keys = sorted(set().union(*configs))
     differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-    rows = [{"run": r.location.rstrip("/").rsplit("/", 1)[-1], "location": r.location,
+    labels = run_labels([r.location for r in runs])
+    rows = [{"run": labels[r.location], "location": r.location,
              "last step": r.steps[-1] if r.steps else None, "checkpoints": len(r.steps),
              **{k: c.get(k) for k in differ}} for r, c in zip(runs, configs)]
     return pd.DataFrame(rows)
